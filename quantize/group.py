@@ -1,0 +1,97 @@
+"""MLC-LLM's symmetric INT4 group quantization, in numpy, bit-exact with MLC.
+
+For each group of ``GROUP_SIZE`` consecutive elements along the input (K) axis::
+
+    scale = max|w| / 7                       (in the model dtype)
+    q     = clamp(round(w / scale + 7), 0, 14)
+    w'    = (q - 7) * scale
+
+Eight 4-bit codes are packed into one uint32 along K, lowest index in the lowest nibble.
+A partial tail group is zero padded. A group that is all zeros gets scale 0 and code 7.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GROUP_SIZE = 32
+BITS = 4
+ELEMS_PER_WORD = 32 // BITS  # 8 codes per uint32
+MAX_INT = 2 ** (BITS - 1) - 1  # 7
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """One of MLC's presets (reference: mlc_interface.md §2.1)."""
+
+    name: str
+    model_dtype: str  # dtype of scales, activations and unquantized weights
+    quantized: bool
+    layout: str = "NK"  # "NK": q_weight [N, K/8]; "KN": [K/8, N]
+
+    @property
+    def bits_per_weight(self) -> float:
+        if not self.quantized:
+            return np.dtype(self.model_dtype).itemsize * 8
+        return BITS + np.dtype(self.model_dtype).itemsize * 8 / GROUP_SIZE
+
+
+QUANTIZATIONS = {
+    q.name: q
+    for q in [
+        Quantization("q4f16_1", "float16", True, "NK"),
+        Quantization("q4f16_0", "float16", True, "KN"),
+        Quantization("q4f32_1", "float32", True, "NK"),
+        Quantization("q0f16", "float16", False),
+        Quantization("q0f32", "float32", False),
+    ]
+}
+
+
+def num_groups(k: int) -> int:
+    return -(-k // GROUP_SIZE)
+
+
+def quantize_rows(w: np.ndarray, model_dtype: str = "float16") -> tuple[np.ndarray, np.ndarray]:
+    """Quantize ``w`` [N, K] row-wise. Returns (q_weight uint32 [N, G*4], q_scale [N, G]) in NK layout."""
+    dtype = np.dtype(model_dtype)
+    w = np.asarray(w).astype(dtype, copy=False)
+    n, k = w.shape
+    groups = num_groups(k)
+    padded = groups * GROUP_SIZE
+    if padded != k:
+        w = np.concatenate([w, np.zeros((n, padded - k), dtype)], axis=1)
+    g = w.reshape(n, groups, GROUP_SIZE)
+    scale = (np.abs(g).max(axis=2) / dtype.type(MAX_INT)).astype(dtype)
+    safe = np.where(scale == 0, dtype.type(1), scale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = np.round(g / safe[:, :, None] + dtype.type(MAX_INT))
+    q = np.clip(q, 0, 2 * MAX_INT)
+    q = np.where(scale[:, :, None] == 0, MAX_INT, q).astype(np.uint32)
+    return pack(q.reshape(n, padded)), scale
+
+
+def pack(codes: np.ndarray) -> np.ndarray:
+    """Pack 4-bit codes [N, K] (K a multiple of 8) into uint32 [N, K/8], low nibble first."""
+    n, k = codes.shape
+    c = codes.astype(np.uint32).reshape(n, k // ELEMS_PER_WORD, ELEMS_PER_WORD)
+    shifts = (np.arange(ELEMS_PER_WORD, dtype=np.uint32) * BITS)[None, None, :]
+    return np.bitwise_or.reduce(c << shifts, axis=2).astype(np.uint32)
+
+
+def unpack(words: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`pack`: uint32 [N, W] -> codes uint8 [N, W*8]."""
+    shifts = (np.arange(ELEMS_PER_WORD, dtype=np.uint32) * BITS)[None, None, :]
+    codes = (words[:, :, None] >> shifts) & np.uint32(0xF)
+    return codes.reshape(words.shape[0], -1).astype(np.uint8)
+
+
+def dequantize_rows(q_weight: np.ndarray, q_scale: np.ndarray, k: int | None = None) -> np.ndarray:
+    """NK-layout q_weight/q_scale -> weights [N, K] in the scale dtype (tail padding cut to ``k``)."""
+    codes = unpack(q_weight).astype(q_scale.dtype)
+    n = codes.shape[0]
+    groups = q_scale.shape[1]
+    w = (codes.reshape(n, groups, GROUP_SIZE) - q_scale.dtype.type(MAX_INT)) * q_scale[:, :, None]
+    w = w.reshape(n, groups * GROUP_SIZE)
+    return w if k is None else w[:, :k]

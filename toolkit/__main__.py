@@ -1,0 +1,3 @@
+from mcpm_mobile.cli import main
+
+main()

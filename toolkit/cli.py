@@ -1,0 +1,17 @@
+"""The `mcpm-mobile` command line: thin Click commands over the library API.
+
+Each concern defines its commands next to its code; this module only collects them.
+Heavy imports (TVM, onnx) happen inside the commands, so `mcpm-mobile check` stays fast.
+"""
+import click
+
+from mcpm_mobile import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mcpm-mobile")
+def main():
+    """MiniCPM from a checkpoint on disk to a phone."""
+
+
+# Commands, one line each (keep this list sorted by concern).

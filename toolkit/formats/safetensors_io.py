@@ -1,0 +1,107 @@
+"""Safetensors, read through a memory map (no torch, bf16 included) and written tensor by tensor.
+
+Format: 8-byte little-endian header length, a JSON header
+``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the data.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from mcpm_mobile.errors import fail
+
+DTYPES = {
+    "F64": np.dtype("float64"), "F32": np.dtype("float32"), "F16": np.dtype("float16"),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("int64"), "I32": np.dtype("int32"),
+    "I16": np.dtype("int16"), "I8": np.dtype("int8"), "U8": np.dtype("uint8"), "BOOL": np.dtype("bool"),
+}
+NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    file: Path
+    dtype: str  # safetensors name: "BF16", "F16", "F32", ...
+    shape: tuple[int, ...]
+    begin: int  # absolute byte offset in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse and check the header of one safetensors file; raise a one-line error if it is corrupt."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise fail(path, "truncated safetensors file (no header)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(MAX_HEADER, size - 8):
+                raise fail(path, f"corrupt safetensors header (length {n} for a {size}-byte file)")
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise fail(path, f"cannot read: {e.strerror or e}")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise fail(path, "corrupt safetensors header (not valid JSON)")
+    if not isinstance(header, dict):
+        raise fail(path, "corrupt safetensors header")
+    header.pop("__metadata__", None)
+    data_start = 8 + n
+    out = {}
+    for name, h in header.items():
+        try:
+            dtype, shape, (b, e) = h["dtype"], tuple(int(s) for s in h["shape"]), h["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise fail(path, f"corrupt safetensors entry for tensor '{name}'")
+        if dtype not in DTYPES:
+            raise fail(path, f"tensor '{name}' has unsupported dtype {dtype}")
+        expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        if e - b != expected or b < 0:
+            raise fail(path, f"tensor '{name}': byte range {b}..{e} does not match shape {list(shape)} {dtype}")
+        if data_start + e > size:
+            raise fail(path, f"truncated: tensor '{name}' ends at byte {data_start + e} "
+                             f"but the file has {size} bytes")
+        out[name] = TensorInfo(name, path, dtype, shape, data_start + b, data_start + e)
+    return out
+
+
+def load(info: TensorInfo) -> np.ndarray:
+    """A read-only memory-mapped view of one tensor (no copy)."""
+    dtype = DTYPES[info.dtype]
+    count = int(np.prod(info.shape, dtype=np.int64))
+    if count == 0:
+        return np.zeros(info.shape, dtype)
+    mm = np.memmap(info.file, dtype=np.uint8, mode="r", offset=info.begin, shape=(info.nbytes,))
+    return mm.view(dtype).reshape(info.shape)
+
+
+def write(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (numpy, bf16 via ml_dtypes) in safetensors format, in the given order."""
+    header, offset = {}, 0
+    for name, arr in tensors.items():
+        if arr.dtype not in NAMES:
+            raise ValueError(f"{name}: dtype {arr.dtype} cannot be stored in safetensors")
+        header[name] = {"dtype": NAMES[arr.dtype], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    if metadata:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for arr in tensors.values():
+            f.write(np.ascontiguousarray(arr).tobytes())

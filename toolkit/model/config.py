@@ -1,0 +1,126 @@
+"""MiniCPM 1.x dense configuration, read from a Hugging Face ``config.json``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mcpm_mobile.errors import fail
+
+SUPPORTED_ARCH = "MiniCPMForCausalLM"
+
+# What other checkpoints look like, so the error can say what the user has.
+_OTHER_FAMILIES = {
+    "minicpm3": "MiniCPM3 uses multi-head latent attention (MLA), which mcpm-mobile does not support",
+    "minicpmv": "MiniCPM-V is a vision-language model; mcpm-mobile supports the text-only MiniCPM 1.x models",
+    "minicpmo": "MiniCPM-o is an omni-modal model; mcpm-mobile supports the text-only MiniCPM 1.x models",
+}
+
+
+@dataclass
+class MiniCPMConfig:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+    scale_emb: float = 1.0
+    scale_depth: float = 1.0
+    dim_model_base: int = 256
+    tie_word_embeddings: bool | None = None  # None: decided by the presence of lm_head.weight
+    bos_token_id: int = 1
+    eos_token_id: int | list[int] = 2
+    torch_dtype: str = "bfloat16"
+    hidden_act: str = "silu"
+    name_or_path: str = ""
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def residual_scale(self) -> float:
+        """Each residual branch is multiplied by this (muP)."""
+        return self.scale_depth / math.sqrt(self.num_hidden_layers)
+
+    @property
+    def logit_scale(self) -> float:
+        """The final hidden state is divided by ``hidden_size / dim_model_base`` (HF semantics)."""
+        return self.hidden_size / self.dim_model_base
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        e = self.eos_token_id
+        return list(e) if isinstance(e, (list, tuple)) else [e]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        d["head_dim"] = self.head_dim
+        return d
+
+    @classmethod
+    def from_file(cls, path: Path) -> "MiniCPMConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise fail(path, "config.json not found (is this a Hugging Face checkpoint directory?)")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise fail(path, f"cannot read JSON: {e}")
+        if not isinstance(raw, dict):
+            raise fail(path, "expected a JSON object")
+        return cls.from_dict(raw, path)
+
+    @classmethod
+    def from_dict(cls, raw: dict, path: Path | str = "config.json") -> "MiniCPMConfig":
+        _check_family(raw, path)
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "name_or_path"}
+        required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"]
+        for key in required:
+            if not isinstance(raw.get(key), int) or raw[key] <= 0:
+                raise fail(path, f"'{key}' must be a positive integer (got {raw.get(key)!r})")
+        values = {k: raw[k] for k in known if k in raw and raw[k] is not None}
+        values.setdefault("num_key_value_heads", raw["num_attention_heads"])
+        cfg = cls(**values, name_or_path=str(raw.get("_name_or_path", "")),
+                  extra={k: v for k, v in raw.items() if k not in known})
+        cfg._validate(path)
+        return cfg
+
+    def _validate(self, path) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise fail(path, f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                             f"{self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise fail(path, f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+        if self.hidden_act != "silu":
+            raise fail(path, f"hidden_act '{self.hidden_act}' is not supported (MiniCPM uses silu)")
+        if self.extra.get("rope_scaling"):
+            raise fail(path, f"rope_scaling {self.extra['rope_scaling']} is not supported "
+                             "(MiniCPM 1.x dense uses plain RoPE)")
+
+
+def _check_family(raw: dict, path) -> None:
+    archs = raw.get("architectures") or []
+    model_type = str(raw.get("model_type", "")).lower()
+    if model_type in _OTHER_FAMILIES:
+        raise fail(path, _OTHER_FAMILIES[model_type])
+    if any("MiniCPMV" in a or "MiniCPMO" in a for a in archs) or "vision_config" in raw:
+        raise fail(path, _OTHER_FAMILIES["minicpmv"])
+    if any("MiniCPM3" in a for a in archs) or "kv_lora_rank" in raw:
+        raise fail(path, _OTHER_FAMILIES["minicpm3"])
+    if (raw.get("num_experts") or 0) > 0:
+        raise fail(path, f"MiniCPM-MoE ({raw['num_experts']} experts) is not supported; "
+                         "mcpm-mobile supports the dense MiniCPM 1.x models")
+    if SUPPORTED_ARCH not in archs and model_type != "minicpm":
+        what = ", ".join(archs) or model_type or "unknown architecture"
+        raise fail(path, f"not a MiniCPM checkpoint ({what}, model_type '{model_type}'); "
+                         f"mcpm-mobile supports {SUPPORTED_ARCH}")
