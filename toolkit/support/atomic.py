@@ -29,6 +29,7 @@ def atomic_dir(path: Path, force: bool = False):
     check_output_dir(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
@@ -43,6 +44,12 @@ def atomic_dir(path: Path, force: bool = False):
         tmp.rename(path)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path):
     """Yield a temporary file path next to ``path``; renamed onto ``path`` on success."""
@@ -50,6 +57,7 @@ def atomic_file(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield Path(tmp)
     except BaseException:

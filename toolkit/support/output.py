@@ -44,7 +44,7 @@ class Output:
         if unit == "bytes":
             columns.append(DownloadColumn())
         columns += [TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(task, n)
 

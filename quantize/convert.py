@@ -1,0 +1,115 @@
+"""HF MiniCPM checkpoint -> MLC-format weights directory, streaming tensor by tensor."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mcpm_mobile.errors import fail
+from mcpm_mobile.formats import chat_config
+from mcpm_mobile.formats.tensor_cache import TensorCacheWriter
+from mcpm_mobile.model.checkpoint import Checkpoint
+from mcpm_mobile.model.param_map import MLCParam, param_plan, stored_shapes
+from mcpm_mobile.model.tokenizer import copy_tokenizer_files, tokenizer_info
+from mcpm_mobile.quantize.group import GROUP_SIZE, QUANTIZATIONS, Quantization, quantize_rows
+from mcpm_mobile.support.atomic import atomic_dir
+from mcpm_mobile.support.output import Output
+
+ROW_CHUNK_BYTES = 64 << 20  # float32 bytes of source rows quantized at once
+
+
+def get_quantization(name: str) -> Quantization:
+    if name not in QUANTIZATIONS:
+        raise fail("--quantization", f"unknown '{name}' (choose from {', '.join(QUANTIZATIONS)})")
+    return QUANTIZATIONS[name]
+
+
+def check_group_size(ckpt: Checkpoint, quant: Quantization) -> None:
+    if not quant.quantized:
+        return
+    c = ckpt.config
+    for key in ("hidden_size", "intermediate_size"):
+        if getattr(c, key) % GROUP_SIZE:
+            raise fail(ckpt.dir / "config.json",
+                       f"{key} {getattr(c, key)} is not divisible by the group size {GROUP_SIZE} of {quant.name}")
+
+
+def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f16_1", force: bool = False,
+                        out: Output = Output(), context_window: int | None = None,
+                        prefill_chunk: int | None = None) -> dict:
+    """Quantize ``model_dir`` into ``out_dir`` (written to a temp dir, renamed at the end). Returns a summary."""
+    quant = get_quantization(quantization)
+    ckpt = Checkpoint(model_dir)
+    check_group_size(ckpt, quant)
+    start = time.perf_counter()
+    with atomic_dir(Path(out_dir), force=force) as tmp:
+        writer = TensorCacheWriter(tmp)
+        with out.progress(f"Quantizing to {quant.name}", ckpt.weight_bytes) as advance:
+            for param in param_plan(ckpt.config):
+                _convert_param(ckpt, param, quant, writer, advance)
+        index = writer.finish()
+        files = copy_tokenizer_files(ckpt.dir, tmp)
+        generation = _read_optional_json(ckpt.dir / "generation_config.json")
+        cfg = chat_config.build(ckpt.config, quant.name, files, tokenizer_info(tmp / "tokenizer.json"),
+                                generation, context_window, prefill_chunk)
+        (tmp / chat_config.FILENAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+    seconds = time.perf_counter() - start
+    meta = index["metadata"]
+    return {
+        "output": str(out_dir), "quantization": quant.name, "params": writer.param_count,
+        "tensors": meta["ParamSize"], "bytes": int(meta["ParamBytes"]), "bits_per_param": round(meta["BitsPerParam"], 4),
+        "shards": len(index["records"]), "input_bytes": ckpt.weight_bytes, "seconds": round(seconds, 3),
+        "input_gb_per_s": round(ckpt.weight_bytes / seconds / 1e9, 3),
+    }
+
+
+def _read_optional_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise fail(path, f"cannot read JSON: {e}")
+
+
+def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, writer: TensorCacheWriter, advance) -> None:
+    infos = [ckpt.tensors[s] for s in param.sources]
+    if param.kind == "norm":
+        writer.add(param.name + ".weight", ckpt.get(param.sources[0]).astype(quant.model_dtype))
+        advance(infos[0].nbytes)
+        return
+    rows = sum(i.shape[0] for i in infos)
+    cols = infos[0].shape[1]
+    shapes = stored_shapes(param, rows, cols, quant)
+    if not quant.quantized:
+        out = np.empty((rows, cols), quant.model_dtype)
+        for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
+            out[r0:r1] = block
+        writer.add(param.name + ".weight", out)
+        return
+    (wname, _), (sname, _) = shapes.items()
+    groups = shapes[sname][0][1] if param.kind == "embedding" or quant.layout == "NK" else shapes[sname][0][0]
+    q_weight = np.empty((rows, groups * GROUP_SIZE // 8), np.uint32)
+    q_scale = np.empty((rows, groups), quant.model_dtype)
+    for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
+        q_weight[r0:r1], q_scale[r0:r1] = quantize_rows(block, quant.model_dtype)
+    if quant.layout == "KN" and param.kind == "linear":
+        q_weight, q_scale = np.ascontiguousarray(q_weight.T), np.ascontiguousarray(q_scale.T)
+    writer.add(wname, q_weight, logical_params=rows * cols)
+    writer.add(sname, q_scale, logical_params=0)
+
+
+def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance):
+    """Yield (row_start, row_end, float32 block) over the row-concatenation of ``sources``."""
+    step = max(1, ROW_CHUNK_BYTES // (4 * cols))
+    base = 0
+    for name in sources:
+        info = ckpt.tensors[name]
+        n = info.shape[0]
+        for r in range(0, n, step):
+            r1 = min(n, r + step)
+            yield base + r, base + r1, ckpt.get(name, slice(r, r1))
+            advance(info.nbytes * (r1 - r) // n)
+        base += n

@@ -1,0 +1,39 @@
+"""`mcpm-mobile dev`: developer tools (tiny test checkpoints)."""
+from pathlib import Path
+
+import click
+
+from mcpm_mobile.support.output import output_options
+
+
+@click.group()
+def dev():
+    """Developer tools."""
+
+
+@dev.command("tiny-checkpoint")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--layers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=8))
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--kv-heads", type=click.IntRange(min=1), help="Fewer than --heads gives GQA. [default: heads]")
+@click.option("--intermediate", type=click.IntRange(min=1), help="[default: 2.5 x hidden, rounded up to 32]")
+@click.option("--vocab", default=512, show_default=True, type=click.IntRange(min=400))
+@click.option("--tied/--untied", default=True, show_default=True)
+@click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
+@click.option("--shards", default=1, show_default=True, type=click.IntRange(min=1), help="Safetensors files.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--force", is_flag=True)
+@output_options
+def tiny_checkpoint(out_dir, layers, hidden, heads, kv_heads, intermediate, vocab, tied, dtype, shards, seed, force, out):
+    """Write a random MiniCPM checkpoint in Hugging Face layout (deterministic)."""
+    from mcpm_mobile.errors import MCPMError
+    from mcpm_mobile.model.tiny import write_tiny_checkpoint
+
+    if hidden % heads or heads % (kv_heads or heads):
+        raise MCPMError(f"--hidden {hidden}, --heads {heads}, --kv-heads {kv_heads}: hidden must divide by heads "
+                        "and heads by kv-heads")
+    path = write_tiny_checkpoint(out_dir, layers, hidden, heads, kv_heads, intermediate, vocab, tied, dtype, seed,
+                                 shards, force=force)
+    out.result({"output": str(path), "layers": layers, "hidden": hidden, "vocab": vocab, "tied": tied,
+                "dtype": dtype, "seed": seed}, f"Wrote {path}")

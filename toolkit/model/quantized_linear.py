@@ -1,0 +1,142 @@
+"""Weight-only INT4 (and unquantized) linear layers whose weights are never materialised.
+
+Every linear layer of the model is one ``dequantize_matmul`` PrimFunc: the INT4 codes are unpacked,
+scaled and multiplied inside the reduction (or, for prefill, a small dequantized tile at a time,
+chosen by the schedule). Accumulation is in float32 and the result is cast to the model dtype.
+
+The PrimFuncs are emitted *unscheduled* (plain TE) and tagged with attributes so that the
+target-specific schedules in :mod:`mcpm_mobile.compiler.schedules` recognise them:
+
+* ``mcpm.kernel``: ``"dequantize_matmul"`` or ``"dequantize_take"``
+* ``mcpm.layout``: ``"NK"`` (q_weight [N, K/8], q_scale [N, K/32]), ``"KN"`` (q_weight [K/8, N],
+  q_scale [K/32, N]) or ``"plain"`` (an unquantized weight [N, K])
+
+They are marked ``op_pattern = kOpaque`` so that FuseOps leaves them whole (the epilogue, a residual
+add, is a separate tiny elementwise kernel). A tied lm_head reads the embedding's own [vocab, H]
+tensors through the NK kernel: nothing is transposed or copied.
+
+Quantization math (MLC-LLM group quantization, ``quantize/group.py``): group size 32 along K,
+8 codes per uint32 (lowest index in the lowest nibble), ``w = (code - 7) * scale``.
+"""
+from __future__ import annotations
+
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op
+
+GROUP_SIZE = 32
+ELEMS_PER_WORD = 8
+OPAQUE = 8  # relay/relax OpPatternKind.kOpaque
+
+
+def num_groups(k: int) -> int:
+    return -(-k // GROUP_SIZE)
+
+
+def _code(word, lane):
+    """4-bit code ``lane`` (0..7) of a uint32 word, as float32."""
+    shift = (lane % ELEMS_PER_WORD).astype("uint32") * tirx.const(4, "uint32")
+    return ((word >> shift) & tirx.const(0xF, "uint32")).astype("float32")
+
+
+def weight_fn(layout: str, w: te.Tensor, s: te.Tensor | None):
+    """(n, k) -> float32 weight element, for the given storage layout."""
+    seven = tirx.const(7.0, "float32")
+    if layout == "NK":
+        return lambda n, k: (_code(w[n, k // ELEMS_PER_WORD], k) - seven) * s[n, k // GROUP_SIZE].astype("float32")
+    if layout == "KN":
+        return lambda n, k: (_code(w[k // ELEMS_PER_WORD, n], k) - seven) * s[k // GROUP_SIZE, n].astype("float32")
+    if layout == "plain":
+        return lambda n, k: w[n, k].astype("float32")
+    raise ValueError(f"unknown layout {layout}")
+
+
+def _matmul_te(layout: str, n: int, k: int, out_dtype: str):
+    def compute(x: te.Tensor, w: te.Tensor, s: te.Tensor | None = None):
+        deq = te.compute((n, k), weight_fn(layout, w, s), name="dequantize")
+        r = te.reduce_axis((0, k), name="k")
+        lead = x.shape[:-1]
+        acc = te.compute((*lead, n), lambda *i: te.sum(x[(*i[:-1], r)].astype("float32") * deq[i[-1], r], axis=r),
+                         name="matmul")
+        if out_dtype == "float32":
+            return acc
+        return te.compute(acc.shape, lambda *i: acc(*i).astype(out_dtype), name="cast")
+
+    return compute
+
+
+def dequantize_matmul(x: nn.Tensor, weights: list[nn.Tensor], *, layout: str, n: int, k: int,
+                      out_dtype: str, name: str = "dequantize_matmul") -> nn.Tensor:
+    """``x [..., K] @ W^T -> [..., N]`` with W given by ``weights`` in ``layout``."""
+    attrs = {"op_pattern": OPAQUE, "mcpm.kernel": "dequantize_matmul", "mcpm.layout": layout}
+    return op.tensor_expr_op(_matmul_te(layout, n, k, out_dtype), name, args=[x, *weights], attrs=attrs)
+
+
+def dequantize_take(ids: nn.Tensor, weights: list[nn.Tensor], *, layout: str, hidden: int, dtype: str,
+                    name: str = "dequantize_take") -> nn.Tensor:
+    """Embedding lookup: rows ``ids`` of the [vocab, hidden] table, dequantized to ``dtype``."""
+
+    def compute(ids_t: te.Tensor, w: te.Tensor, s: te.Tensor | None = None):
+        fn = weight_fn(layout, w, s)
+        return te.compute((ids_t.shape[0], hidden), lambda i, h: fn(ids_t[i], h).astype(dtype), name="take")
+
+    attrs = {"op_pattern": OPAQUE, "mcpm.kernel": "dequantize_take", "mcpm.layout": layout}
+    return op.tensor_expr_op(compute, name, args=[ids, *weights], attrs=attrs)
+
+
+class QLinear(nn.Module):
+    """A bias-free linear layer [N=out, K=in] stored as MLC writes it for the given quantization."""
+
+    def __init__(self, in_features: int, out_features: int, model_dtype: str, quantized: bool, layout: str = "NK"):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype = model_dtype
+        if not quantized:
+            self.layout = "plain"
+            self.weight = nn.Parameter((out_features, in_features), model_dtype)
+            return
+        self.layout = layout
+        g = num_groups(in_features)
+        words = g * GROUP_SIZE // ELEMS_PER_WORD
+        if layout == "NK":
+            self.q_weight = nn.Parameter((out_features, words), "uint32")
+            self.q_scale = nn.Parameter((out_features, g), model_dtype)
+        elif layout == "KN":
+            self.q_weight = nn.Parameter((words, out_features), "uint32")
+            self.q_scale = nn.Parameter((g, out_features), model_dtype)
+        else:
+            raise ValueError(f"unknown layout {layout}")
+
+    def weights(self) -> list[nn.Tensor]:
+        return [self.weight] if self.layout == "plain" else [self.q_weight, self.q_scale]
+
+    def forward(self, x: nn.Tensor, out_dtype: str | None = None) -> nn.Tensor:
+        return dequantize_matmul(x, self.weights(), layout=self.layout, n=self.out_features, k=self.in_features,
+                                 out_dtype=out_dtype or self.dtype)
+
+
+class QEmbedding(nn.Module):
+    """[vocab, hidden] embedding, quantized row-wise (NK, never transposed) or plain."""
+
+    def __init__(self, vocab: int, hidden: int, model_dtype: str, quantized: bool):
+        super().__init__()
+        self.vocab, self.hidden, self.dtype = vocab, hidden, model_dtype
+        if not quantized:
+            self.layout = "plain"
+            self.weight = nn.Parameter((vocab, hidden), model_dtype)
+            return
+        self.layout = "NK"
+        g = num_groups(hidden)
+        self.q_weight = nn.Parameter((vocab, g * GROUP_SIZE // ELEMS_PER_WORD), "uint32")
+        self.q_scale = nn.Parameter((vocab, g), model_dtype)
+
+    def weights(self) -> list[nn.Tensor]:
+        return [self.weight] if self.layout == "plain" else [self.q_weight, self.q_scale]
+
+    def forward(self, ids: nn.Tensor) -> nn.Tensor:
+        return dequantize_take(ids, self.weights(), layout=self.layout, hidden=self.hidden, dtype=self.dtype)
+
+    def lm_head_forward(self, x: nn.Tensor) -> nn.Tensor:
+        """Tied head: ``x @ E^T`` read straight from the embedding tensors, float32 logits."""
+        return dequantize_matmul(x, self.weights(), layout=self.layout, n=self.vocab, k=self.hidden,
+                                 out_dtype="float32", name="lm_head")
