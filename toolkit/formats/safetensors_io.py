@@ -89,13 +89,20 @@ def load(info: TensorInfo) -> np.ndarray:
 
 def write(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` (numpy, bf16 via ml_dtypes) in safetensors format, in the given order."""
+    specs = {name: (arr.shape, arr.dtype) for name, arr in tensors.items()}
+    write_stream(path, specs, tensors.__getitem__, metadata)
+
+
+def write_stream(path: Path, specs: dict[str, tuple[tuple, np.dtype]], produce, metadata: dict | None = None) -> None:
+    """Write tensors one at a time: ``specs`` gives name -> (shape, dtype), ``produce(name)`` the array."""
     header, offset = {}, 0
-    for name, arr in tensors.items():
-        if arr.dtype not in NAMES:
-            raise ValueError(f"{name}: dtype {arr.dtype} cannot be stored in safetensors")
-        header[name] = {"dtype": NAMES[arr.dtype], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
+    for name, (shape, dtype) in specs.items():
+        dtype = np.dtype(dtype)
+        if dtype not in NAMES:
+            raise ValueError(f"{name}: dtype {dtype} cannot be stored in safetensors")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[name] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     if metadata:
         header["__metadata__"] = metadata
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -103,5 +110,8 @@ def write(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] |
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for arr in tensors.values():
-            f.write(np.ascontiguousarray(arr).tobytes())
+        for name, (shape, dtype) in specs.items():
+            arr = np.ascontiguousarray(produce(name), dtype=dtype)
+            if arr.shape != tuple(shape):
+                raise ValueError(f"{name}: produced shape {arr.shape}, declared {tuple(shape)}")
+            f.write(arr.tobytes())
