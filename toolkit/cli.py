@@ -16,7 +16,9 @@ def main():
 
 # Commands, one line each (keep this list sorted by concern).
 from mcpm_mobile.dev import dev  # noqa: E402
+from mcpm_mobile.licenses.cli import license_cmd  # noqa: E402
 from mcpm_mobile.quantize.cli import quantize  # noqa: E402
 
 main.add_command(quantize)
 main.add_command(dev)
+main.add_command(license_cmd)

@@ -1,0 +1,1 @@
+"""Package data: licenses.json (a package so that setuptools ships the JSON file)."""
