@@ -1,0 +1,335 @@
+"""What a model needs from a phone: weight bytes, KV bytes per token, workspace and compute per token.
+
+A profile comes from a preset (``ModelProfile.from_preset("minicpm-2b", "q4f16_1")``) or from a path
+(:func:`model_profile_from_path`): a Hugging Face checkpoint, a weights directory written by
+``quantize`` (real shard bytes from ``tensor-cache.json``), a built package directory, or a compiled
+library next to its ``<name>.metadata.json`` (whose ``memory_usage`` gives the workspace).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mcpm_mobile.devices import memory, profiles
+from mcpm_mobile.errors import MCPMError, fail
+
+GROUP_SIZE = 32  # quantized matrices are padded to whole groups along K (MLC and GGUF alike)
+DEFAULT_PREFILL_CHUNK = 128
+WEIGHTS_INDEXES = ("tensor-cache.json", "ndarray-cache.json")
+CHAT_CONFIG = "mlc-chat-config.json"
+SEARCH_DEPTH = 3
+LIBRARY_SUFFIXES = (".tar.gz", ".tar", ".so", ".a", ".dylib", ".wasm", ".dll")
+
+# MiniCPM-2B: mlc-llm model_preset.py `minicpm_2b` (devices.md section 3a); MiniCPM-1B: openbmb/MiniCPM-1B-sft-bf16
+# config.json. Both were trained with a 4096-token context.
+PRESETS = {
+    "minicpm-2b": dict(vocab_size=122753, hidden_size=2304, num_hidden_layers=40, num_attention_heads=36,
+                       num_key_value_heads=36, intermediate_size=5760, tie_word_embeddings=True,
+                       max_position_embeddings=4096),
+    "minicpm-1b": dict(vocab_size=73440, hidden_size=1536, num_hidden_layers=52, num_attention_heads=24,
+                       num_key_value_heads=8, intermediate_size=3840, tie_word_embeddings=True,
+                       max_position_embeddings=4096),
+}
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    name: str
+    bits_per_weight: float
+    dtype_bytes: int  # scales, norms, activations and the KV cache
+    quantized: bool
+
+
+def quant_spec(name: str) -> QuantSpec:
+    """An MLC quantization (q4f16_1, q0f16, ...) or, for measured llama.cpp rows, a GGUF type (q4_1, ...)."""
+    from mcpm_mobile.quantize.group import QUANTIZATIONS
+
+    if name in QUANTIZATIONS:
+        q = QUANTIZATIONS[name]
+        return QuantSpec(name, q.bits_per_weight, 4 if q.model_dtype == "float32" else 2, q.quantized)
+    gguf = profiles.measurement_data()["gguf_bits_per_weight"]
+    if isinstance(gguf.get(name), (int, float)):
+        return QuantSpec(name, float(gguf[name]), 2, True)
+    raise MCPMError(f"unknown quantization '{name}'; choose one of {', '.join(QUANTIZATIONS)}")
+
+
+@dataclass(frozen=True)
+class Arch:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 4096
+    head_dim: int = 0
+
+    def __post_init__(self):
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+
+    @classmethod
+    def from_mapping(cls, raw: dict, where) -> "Arch":
+        """Read the HF-style fields of ``config.json`` or of ``mlc-chat-config.json``'s ``model_config``."""
+        needed = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        for key in needed:
+            if not isinstance(raw.get(key), int) or raw[key] <= 0:
+                raise fail(where, f"'{key}' must be a positive integer (got {raw.get(key)!r})")
+        tie = raw.get("tie_word_embeddings")
+        return cls(vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"],
+                   num_hidden_layers=raw["num_hidden_layers"], num_attention_heads=raw["num_attention_heads"],
+                   num_key_value_heads=raw.get("num_key_value_heads") or raw["num_attention_heads"],
+                   intermediate_size=raw["intermediate_size"], tie_word_embeddings=True if tie is None else bool(tie),
+                   max_position_embeddings=raw.get("max_position_embeddings") or 4096,
+                   head_dim=raw.get("head_dim") or 0)
+
+    def family(self) -> str | None:
+        """The preset with these dimensions, if any (used to show measured figures for the same model)."""
+        mine = {k: v for k, v in asdict(self).items() if k not in ("max_position_embeddings", "head_dim")}
+        for name, preset in PRESETS.items():
+            if all(mine[k] == v for k, v in preset.items() if k != "max_position_embeddings"):
+                return name
+        return None
+
+
+def matrix_bytes(n: int, k: int, q: QuantSpec) -> int:
+    """Bytes of an [n, k] weight matrix (k is the reduction axis)."""
+    if not q.quantized:
+        return n * k * q.dtype_bytes
+    return math.ceil(n * -(-k // GROUP_SIZE) * GROUP_SIZE * q.bits_per_weight / 8)
+
+
+def weight_bytes(a: Arch, q: QuantSpec) -> tuple[int, int]:
+    """(total weight bytes, bytes read per decoded token) for a MiniCPM/Llama-layout model.
+
+    A decode step reads every layer and the lm_head; the input embedding contributes one row, so
+    an untied embedding table does not count as read. Tied, it is read whole as the lm_head.
+    """
+    h, qdim, kvdim = a.hidden_size, a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
+    layer = (matrix_bytes(qdim, h, q) + 2 * matrix_bytes(kvdim, h, q) + matrix_bytes(h, qdim, q)
+             + 2 * matrix_bytes(a.intermediate_size, h, q) + matrix_bytes(h, a.intermediate_size, q)
+             + 2 * h * q.dtype_bytes)
+    embedding = matrix_bytes(a.vocab_size, h, q)
+    total = embedding + a.num_hidden_layers * layer + h * q.dtype_bytes
+    if a.tie_word_embeddings:
+        return total, total
+    return total + embedding, total
+
+
+def params_per_token(a: Arch) -> int:
+    """Weights multiplied per decoded token (each costs 2 FLOPs): all layers plus the lm_head."""
+    h, qdim, kvdim = a.hidden_size, a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
+    layer = 2 * qdim * h + 2 * kvdim * h + 3 * a.intermediate_size * h
+    return a.num_hidden_layers * layer + a.vocab_size * h
+
+
+@dataclass
+class ModelProfile:
+    name: str
+    quantization: str
+    arch: Arch
+    weight_bytes: int
+    weights_read_bytes: int
+    weight_source: str
+    kv_dtype_bytes: int
+    workspace_bytes: int
+    workspace_source: str
+    context_window: int | None = None
+    path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def family(self) -> str | None:
+        return self.arch.family()
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        a = self.arch
+        return memory.kv_cache_bytes(a.num_hidden_layers, a.num_key_value_heads, a.head_dim, 1, self.kv_dtype_bytes)
+
+    def kv_bytes(self, tokens: int) -> int:
+        return self.kv_bytes_per_token * tokens
+
+    @property
+    def params_per_token(self) -> int:
+        return params_per_token(self.arch)
+
+    @property
+    def max_context(self) -> int:
+        return self.arch.max_position_embeddings
+
+    @property
+    def default_context(self) -> int:
+        return self.context_window or min(2048, self.max_context)
+
+    def describe(self) -> str:
+        size = f"{self.weight_bytes / 1e9:.2f} GB" if self.weight_bytes >= 1e8 else f"{self.weight_bytes / 1e6:.2f} MB"
+        return f"{self.name} {self.quantization} ({size} weights, {self.weight_source})"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "family": self.family, "quantization": self.quantization,
+                "weight_bytes": self.weight_bytes, "weights_read_bytes": self.weights_read_bytes,
+                "weight_source": self.weight_source, "kv_bytes_per_token": self.kv_bytes_per_token,
+                "workspace_bytes": self.workspace_bytes, "workspace_source": self.workspace_source,
+                "context_window": self.context_window, "max_context": self.max_context, "path": self.path,
+                "architecture": asdict(self.arch), "notes": self.notes}
+
+    @classmethod
+    def from_arch(cls, arch: Arch, quantization: str, name: str, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                  **kwargs) -> "ModelProfile":
+        q = quant_spec(quantization)
+        total, read = weight_bytes(arch, q)
+        values = dict(weight_bytes=total, weights_read_bytes=read,
+                      weight_source=f"computed from the config at {q.bits_per_weight:g} bits/weight",
+                      workspace_bytes=memory.estimate_workspace(arch, q.dtype_bytes, prefill_chunk),
+                      workspace_source=f"estimate (prefill chunk {prefill_chunk}; no compiled-library metadata)")
+        values.update(kwargs)
+        return cls(name=name, quantization=quantization, arch=arch, kv_dtype_bytes=q.dtype_bytes, **values)
+
+    @classmethod
+    def from_preset(cls, name: str, quantization: str = "q4f16_1") -> "ModelProfile":
+        if name not in PRESETS:
+            raise MCPMError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+        return cls.from_arch(Arch(**PRESETS[name]), quantization, name)
+
+
+def model_profile_from_path(path, quantization: str | None = None) -> ModelProfile:
+    """Profile a HF checkpoint dir, an MLC weights dir, a built package dir, or a compiled library file.
+
+    ``quantization`` applies to HF checkpoints (default q4f16_1); artifacts carry their own.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise fail(p, "no such file or directory")
+    if p.is_file():
+        return _from_file(p, quantization)
+    if (p / CHAT_CONFIG).is_file():
+        return _from_weights_dir(p, _find_metadata([p, p.parent, p.parent.parent]))
+    if (p / "config.json").is_file():
+        return _from_checkpoint(p, quantization or "q4f16_1")
+    found = _find_weight_dirs(p)
+    if not found:
+        raise fail(p, f"no config.json or {CHAT_CONFIG} here or below (expected a checkpoint, weights or package "
+                      "directory)")
+    if len(found) > 1:
+        raise fail(p, "several weight directories: " + ", ".join(str(d.relative_to(p)) for d in found)
+                   + "; pass one of them")
+    return _from_weights_dir(found[0], _find_metadata([found[0], p, p / "lib"]))
+
+
+def _from_file(p: Path, quantization: str | None) -> ModelProfile:
+    if p.name == CHAT_CONFIG or p.name in WEIGHTS_INDEXES:
+        return model_profile_from_path(p.parent, quantization)
+    if p.name == "config.json":
+        return _from_checkpoint(p.parent, quantization or "q4f16_1")
+    meta_path = p if p.name.endswith("metadata.json") else p.with_name(_library_stem(p.name) + ".metadata.json")
+    if not meta_path.is_file():
+        raise fail(p, f"no {meta_path.name} beside the library; pass the package or weights directory instead")
+    meta = _read_json(meta_path)
+    if not isinstance(meta.get("memory_usage"), dict):
+        raise fail(meta_path, "no 'memory_usage' in the library metadata")
+    root = p.parent.parent if p.parent.name == "lib" else p.parent
+    found = _find_weight_dirs(root)
+    if len(found) == 1:
+        return _from_weights_dir(found[0], (meta_path, meta))
+    raise fail(p, f"cannot find the weights directory for this library under {root} "
+                  f"({'several found' if found else 'none found'}); pass the weights directory")
+
+
+def _library_stem(name: str) -> str:
+    for suffix in LIBRARY_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _from_checkpoint(d: Path, quantization: str) -> ModelProfile:
+    from mcpm_mobile.model.config import MiniCPMConfig
+
+    cfg = MiniCPMConfig.from_file(d / "config.json")
+    if cfg.tie_word_embeddings is None:
+        cfg.tie_word_embeddings = not _has_lm_head(d)
+    arch = Arch(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+                num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
+                intermediate_size=cfg.intermediate_size, tie_word_embeddings=cfg.tie_word_embeddings,
+                max_position_embeddings=cfg.max_position_embeddings, head_dim=cfg.head_dim)
+    return ModelProfile.from_arch(arch, quantization, arch.family() or d.name, path=str(d))
+
+
+def _has_lm_head(d: Path) -> bool:
+    from mcpm_mobile.formats import safetensors_io
+
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        return "lm_head.weight" in _read_json(index).get("weight_map", {})
+    return any("lm_head.weight" in safetensors_io.read_header(f) for f in sorted(d.glob("*.safetensors")))
+
+
+def _from_weights_dir(d: Path, metadata: tuple[Path, dict] | None) -> ModelProfile:
+    chat = _read_json(d / CHAT_CONFIG)
+    quantization = chat.get("quantization")
+    if not isinstance(quantization, str):
+        raise fail(d / CHAT_CONFIG, "no 'quantization' field")
+    arch = Arch.from_mapping(chat.get("model_config") or {}, d / CHAT_CONFIG)
+    context = chat.get("context_window_size")
+    chunk = chat.get("prefill_chunk_size") or DEFAULT_PREFILL_CHUNK
+    profile = ModelProfile.from_arch(arch, quantization, arch.family() or d.name, prefill_chunk=chunk, path=str(d),
+                                     context_window=context if isinstance(context, int) and context > 0 else None)
+    index_path = next((d / n for n in WEIGHTS_INDEXES if (d / n).is_file()), None)
+    if index_path:
+        index = _read_json(index_path)
+        try:
+            shards = index["records"]
+            total = sum(int(s["nbytes"]) for s in shards)
+            embedding = sum(int(r["nbytes"]) for s in shards for r in s.get("records", ())
+                            if "embed_tokens" in r.get("name", ""))
+        except (KeyError, TypeError, ValueError) as e:
+            raise fail(index_path, f"cannot read shard sizes: {e}")
+        profile.weight_bytes = total
+        profile.weights_read_bytes = total if arch.tie_word_embeddings else total - embedding
+        profile.weight_source = f"{index_path.name}: {len(shards)} shards"
+    else:
+        profile.notes.append(f"no {WEIGHTS_INDEXES[0]} in {d}; weight bytes computed from the config")
+    if metadata:
+        meta_path, meta = metadata
+        usage = [v for v in meta["memory_usage"].values() if isinstance(v, (int, float))]
+        profile.workspace_bytes = int(max(usage, default=0))
+        profile.workspace_source = f"{meta_path.name}: largest memory_usage entry"
+    return profile
+
+
+def _find_weight_dirs(root: Path) -> list[Path]:
+    found = []
+    for depth in range(SEARCH_DEPTH + 1):
+        found += [f.parent for f in sorted(root.glob("/".join(["*"] * depth + [CHAT_CONFIG])))]
+    return found
+
+
+def _find_metadata(roots: list[Path]) -> tuple[Path, dict] | None:
+    """The compiled library's metadata with the largest workspace among ``roots`` and their lib/ folders."""
+    best = None
+    for root in roots:
+        for f in sorted({*root.glob("*metadata.json"), *root.glob("lib/*metadata.json")}):
+            try:
+                meta = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            usage = meta.get("memory_usage") if isinstance(meta, dict) else None
+            if isinstance(usage, dict) and usage:
+                size = max((v for v in usage.values() if isinstance(v, (int, float))), default=0)
+                if best is None or size > best[0]:
+                    best = (size, f, meta)
+    return (best[1], best[2]) if best else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise fail(path, f"cannot read JSON: {e}")
+    if not isinstance(data, dict):
+        raise fail(path, "expected a JSON object")
+    return data
