@@ -1,0 +1,100 @@
+"""LLMFarm (iOS) chat settings and a model-settings template for a MiniCPM GGUF file.
+
+LLMFarm keeps everything under its Documents folder: ``models/<file>.gguf``, ``chats/*.json`` (one
+chat each; ``model`` is the file name in ``models/``) and ``model_setting_templates/*.json``.
+The app reads ints with ``as! Int32``, bools with ``as! Bool`` and some floats with ``as! Float``;
+a JSON double such as 0.95 does not bridge to Float, so every float is written float32-exact.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from mcpm_mobile.errors import fail
+from mcpm_mobile.model.config import MiniCPMConfig
+from mcpm_mobile.support.atomic import atomic_file
+
+CHATS_DIR = "chats"
+TEMPLATES_DIR = "model_setting_templates"
+PROMPT_FORMAT = "<用户>{{prompt}}<AI>"  # MiniCPM's chat format; LLMFarm ignores tokenizer.chat_template
+STOP = "<用户>"  # comma-separated reverse prompts; EOS stops generation on its own
+SAMPLING = {  # suggestions (MiniCPM publishes no official values for llama.cpp)
+    "temp": 0.7, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.02, "repeat_last_n": 64, "tfs_z": 1.0,
+    "typical_p": 1.0, "mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
+}
+INT_KEYS = {"context", "n_batch", "n_predict", "numberOfThreads", "top_k", "repeat_last_n", "mirostat"}
+# LLMFarm leaves these out of a template (Helpers.swift exclude_from_settings_template_keys).
+CHAT_ONLY_KEYS = ("lora_adapters", "model", "clip_model", "title", "icon", "model_settings_template", "chat_style")
+
+
+def float32_exact(x: float) -> float:
+    """The double nearest to ``x`` that is a float32, so Swift's NSNumber bridges it to Float."""
+    return float(np.float32(x))
+
+
+def chat_settings(model_file_name: str, config: MiniCPMConfig, context: int = 2048, name: str = "MiniCPM",
+                  n_batch: int = 512, sampling: dict | None = None, use_metal: bool = True) -> dict:
+    """The chat JSON LLMFarm writes for a chat, for ``models/<model_file_name>``."""
+    _check_name(name)
+    if Path(model_file_name).name != model_file_name or not model_file_name.endswith(".gguf"):
+        raise fail(model_file_name, "expected a bare .gguf file name (LLMFarm resolves it in Documents/models/)")
+    if not 16 <= context <= config.max_position_embeddings:
+        raise fail("context", f"{context} is outside 16..{config.max_position_embeddings} "
+                              "(the model's max_position_embeddings)")
+    if n_batch < 1:
+        raise fail("n_batch", f"{n_batch} must be at least 1")
+    unknown = set(sampling or {}) - set(SAMPLING)
+    if unknown:
+        raise fail("sampling", f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(SAMPLING)})")
+    settings = {
+        "title": name, "icon": "ava0", "model": model_file_name, "model_inference": "llama",
+        "model_settings_template": name, "prompt_format": PROMPT_FORMAT, "reverse_prompt": STOP, "skip_tokens": "",
+        "warm_prompt": "\n\n\n", "context": context, "n_batch": n_batch, "n_predict": 0, "numberOfThreads": 0,
+        **SAMPLING, **(sampling or {}),
+        "grammar": "<None>", "use_metal": use_metal, "use_clip_metal": False, "mlock": False, "mmap": True,
+        "flash_attn": False, "add_bos_token": True, "add_eos_token": False, "parse_special_tokens": True,
+        "save_load_state": True, "chat_style": "DocC", "lora_adapters": [],
+    }
+    return {k: _typed(k, v) for k, v in settings.items()}
+
+
+def template_settings(chat: dict) -> dict:
+    """The model-settings template for ``chat``: LLMFarm's template keys plus ``template_name``."""
+    template = {k: v for k, v in chat.items() if k not in CHAT_ONLY_KEYS}
+    template["template_name"] = chat["model_settings_template"]
+    return template
+
+
+def write_settings(dest_dir: Path, model_file_name: str, config: MiniCPMConfig, context: int = 2048,
+                   name: str = "MiniCPM", n_batch: int = 512, sampling: dict | None = None,
+                   use_metal: bool = True) -> list[Path]:
+    """Write ``chats/<name>.json`` and ``model_setting_templates/<name>.json`` under ``dest_dir``
+    (LLMFarm's Documents layout). Returns the two paths."""
+    chat = chat_settings(model_file_name, config, context, name, n_batch, sampling, use_metal)
+    paths = []
+    for sub, data in ((CHATS_DIR, chat), (TEMPLATES_DIR, template_settings(chat))):
+        path = Path(dest_dir) / sub / f"{name}.json"
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def _typed(key: str, value):
+    if key not in SAMPLING and key not in INT_KEYS:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise fail(key, f"{value!r} must be a finite number")
+    if key in INT_KEYS:
+        if int(value) != value:
+            raise fail(key, f"{value!r} must be an integer")
+        return int(value)
+    return float32_exact(value)
+
+
+def _check_name(name: str) -> None:
+    if not name or Path(name).name != name or name.startswith("."):
+        raise fail("name", f"{name!r} must be a plain file name (it names chats/<name>.json)")

@@ -1,0 +1,248 @@
+"""HF MiniCPM checkpoint -> one GGUF file for llama.cpp / LLMFarm, streaming tensor by tensor.
+
+The header, metadata and tensor table are written by the ``gguf`` package; tensor data follows in
+row chunks (quantized with ``gguf.quants``), so memory stays bounded by the largest Q/K matrix or
+``ROW_CHUNK_BYTES``, whichever is bigger.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from mcpm_mobile.errors import fail
+from mcpm_mobile.formats.gguf_vocab import Vocab, read_vocab
+from mcpm_mobile.model.checkpoint import Checkpoint
+from mcpm_mobile.model.config import MiniCPMConfig
+from mcpm_mobile.support.atomic import atomic_file
+from mcpm_mobile.support.output import Output
+
+Q = gguf.GGMLQuantizationType
+FT = gguf.LlamaFileType
+
+
+@dataclass(frozen=True)
+class ExportType:
+    weights: Q  # every 2-D weight not named below
+    tied_embedding: Q  # token_embd when it is also the output matrix
+    output: Q  # output.weight of an untied model
+    file_type: FT
+
+
+# q4_0 follows llama-quantize: norms stay f32 and the output matrix (or the tied embedding) gets a
+# better type; llama.cpp picks q6_k there, which the gguf package cannot write, so q8_0.
+TYPES = {
+    "q4_0": ExportType(Q.Q4_0, Q.Q8_0, Q.Q8_0, FT.MOSTLY_Q4_0),
+    "q8_0": ExportType(Q.Q8_0, Q.Q8_0, Q.Q8_0, FT.MOSTLY_Q8_0),
+    "f16": ExportType(Q.F16, Q.F16, Q.F16, FT.MOSTLY_F16),
+    "f32": ExportType(Q.F32, Q.F32, Q.F32, FT.ALL_F32),
+}
+NORM_TYPE = Q.F32
+TYPE_NAMES = {Q.F32: "f32", Q.F16: "f16", Q.Q8_0: "q8_0", Q.Q4_0: "q4_0"}
+FLOAT_DTYPES = {Q.F32: np.dtype(np.float32), Q.F16: np.dtype(np.float16)}
+
+# minicpm: upstream llama.cpp and guinmoon's LLMFarm (arch "minicpm", scales read from the file).
+# openbmb: OpenBMB's LLMFarm fork, whose llama.cpp bakes MiniCPM-2B's scales into arch "llama".
+FLAVOR_ARCH = {"minicpm": "minicpm", "openbmb": "llama"}
+OPENBMB_CONSTANTS = {"scale_emb": 12.0, "residual_scale": 1.4 / math.sqrt(40.0), "logit_scale": 9.0}
+
+# MiniCPM's own chat template, used when tokenizer_config.json has none.
+DEFAULT_CHAT_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'user' %}{{'<用户>' + "
+                         "message['content'].strip() + '<AI>'}}{% else %}{{message['content'].strip()}}{% endif %}"
+                         "{% endfor %}")
+ROW_CHUNK_BYTES = 64 << 20  # float32 bytes of source rows converted at once
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str  # GGUF name
+    source: str  # HF name
+    shape: tuple[int, ...]  # HF (out, in); GGUF's ne is this reversed
+    qtype: Q
+    rope_heads: int = 0  # > 0: rows reordered for llama.cpp's RoPE with this many heads
+
+    @property
+    def nbytes(self) -> int:
+        block, size = gguf.GGML_QUANT_SIZES[self.qtype]
+        return math.prod(self.shape) // block * size
+
+
+def llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Rows of a Q/K projection from HF's rotate-half order to llama.cpp's interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of :func:`llama_permute`."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def tensor_plan(config: MiniCPMConfig, type: str = "q4_0") -> list[PlannedTensor]:
+    """Every tensor of the GGUF file, in file order."""
+    t = TYPES[type]
+    c = config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MINICPM, c.num_hidden_layers)
+    h, kv, ff = c.hidden_size, c.num_key_value_heads * c.head_dim, c.intermediate_size
+
+    def planned(hf, shape, qtype, rope_heads=0):
+        return PlannedTensor(names.get_name(hf, try_suffixes=(".weight",)), hf, shape, qtype, rope_heads)
+
+    plan = [planned("model.embed_tokens.weight", (c.vocab_size, h),
+                    t.tied_embedding if c.tie_word_embeddings else t.weights)]
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        plan += [
+            planned(p + "input_layernorm.weight", (h,), NORM_TYPE),
+            planned(p + "self_attn.q_proj.weight", (h, h), t.weights, c.num_attention_heads),
+            planned(p + "self_attn.k_proj.weight", (kv, h), t.weights, c.num_key_value_heads),
+            planned(p + "self_attn.v_proj.weight", (kv, h), t.weights),
+            planned(p + "self_attn.o_proj.weight", (h, h), t.weights),
+            planned(p + "post_attention_layernorm.weight", (h,), NORM_TYPE),
+            planned(p + "mlp.gate_proj.weight", (ff, h), t.weights),
+            planned(p + "mlp.up_proj.weight", (ff, h), t.weights),
+            planned(p + "mlp.down_proj.weight", (h, ff), t.weights),
+        ]
+    plan.append(planned("model.norm.weight", (h,), NORM_TYPE))
+    if not c.tie_word_embeddings:
+        plan.append(planned("lm_head.weight", (c.vocab_size, h), t.output))
+    return plan
+
+
+def check_openbmb(config: MiniCPMConfig, config_path: Path) -> None:
+    """Refuse checkpoints that OpenBMB's fork would run with the wrong (hard-coded MiniCPM-2B) scales."""
+    have = {"scale_emb": float(config.scale_emb), "residual_scale": config.residual_scale,
+            "logit_scale": config.logit_scale}
+    wrong = [f"{k} {have[k]:.6g} (needs {v:.6g})" for k, v in OPENBMB_CONSTANTS.items()
+             if not math.isclose(have[k], v, rel_tol=1e-6)]
+    if not config.tie_word_embeddings:
+        wrong.append("untied lm_head (the fork always uses the embedding as output)")
+    if wrong:
+        raise fail(config_path, "--flavor openbmb: OpenBMB's LLMFarm fork hard-codes MiniCPM-2B's scalings "
+                                "(scale_emb 12, scale_depth/sqrt(layers) = 1.4/sqrt(40), hidden/dim_model_base 9, "
+                                f"tied); this checkpoint has {', '.join(wrong)}; use --flavor minicpm")
+
+
+def _check(ckpt: Checkpoint, type: str, flavor: str, out_path: Path) -> None:
+    if type not in TYPES:
+        raise fail("--type", f"unknown '{type}' (choose from {', '.join(TYPES)})")
+    if flavor not in FLAVOR_ARCH:
+        raise fail("--flavor", f"unknown '{flavor}' (choose from {', '.join(FLAVOR_ARCH)})")
+    if out_path.suffix != ".gguf":
+        raise fail(out_path, "the output file name must end in .gguf (LLMFarm lists only .gguf and .bin files)")
+    if out_path.is_dir():
+        raise fail(out_path, "is a directory; give the GGUF file to write")
+    c, cfg_path = ckpt.config, ckpt.dir / "config.json"
+    if c.head_dim % 2:
+        raise fail(cfg_path, f"head_dim {c.head_dim} is odd; RoPE needs an even head dimension")
+    block = gguf.GGML_QUANT_SIZES[TYPES[type].weights][0]
+    for key in ("hidden_size", "intermediate_size"):
+        if getattr(c, key) % block:
+            raise fail(cfg_path, f"{key} {getattr(c, key)} is not a multiple of {block}, the {type} block size; "
+                                 "use --type f16 or f32")
+    if flavor == "openbmb":
+        check_openbmb(c, cfg_path)
+
+
+def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, type: str, flavor: str, name: str) -> None:
+    w.add_name(name)
+    w.add_file_type(int(TYPES[type].file_type))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_vocab_size(c.vocab_size)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_freq_base(float(c.rope_theta))
+    w.add_layer_norm_rms_eps(float(c.rms_norm_eps))
+    if flavor == "minicpm":
+        # Optional in llama.cpp, but its defaults are MiniCPM-2B's, and the logit one is inverted.
+        w.add_embedding_scale(float(c.scale_emb))
+        w.add_residual_scale(c.residual_scale)
+        w.add_logit_scale(c.logit_scale)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(vocab.tokens)
+    w.add_token_scores(vocab.scores)
+    w.add_token_types(vocab.types)
+    w.add_bos_token_id(vocab.bos_id)
+    w.add_eos_token_id(vocab.eos_id)
+    if vocab.unk_id is not None:
+        w.add_unk_token_id(vocab.unk_id)
+    if vocab.pad_id is not None:
+        w.add_pad_token_id(vocab.pad_id)
+    w.add_add_bos_token(vocab.add_bos)
+    w.add_add_eos_token(vocab.add_eos)
+    w.add_add_space_prefix(vocab.add_space_prefix)
+    w.add_chat_template(vocab.chat_template or DEFAULT_CHAT_TEMPLATE)
+
+
+def export_gguf(model_dir: Path | str, out_path: Path | str, type: str = "q4_0", flavor: str = "minicpm",
+                out: Output = Output(), force: bool = False) -> dict:
+    """Write ``model_dir`` as one GGUF file (temp file, renamed at the end). Returns a summary."""
+    out_path = Path(out_path)
+    ckpt = Checkpoint(model_dir)
+    _check(ckpt, type, flavor, out_path)
+    if out_path.exists() and not force:
+        raise fail(out_path, "exists (use --force to replace it)")
+    c = ckpt.config
+    vocab = read_vocab(ckpt.dir, c)
+    plan = tensor_plan(c, type)
+    start = time.perf_counter()
+    with atomic_file(out_path) as tmp:
+        w = gguf.GGUFWriter(tmp, FLAVOR_ARCH[flavor])
+        try:
+            _add_metadata(w, c, vocab, type, flavor, c.name_or_path or ckpt.dir.name)
+            for t in plan:
+                if t.qtype in FLOAT_DTYPES:
+                    w.add_tensor_info(t.name, t.shape, FLOAT_DTYPES[t.qtype], t.nbytes)
+                else:
+                    w.add_tensor_info(t.name, gguf.quant_shape_to_byte_shape(t.shape, t.qtype), np.dtype(np.uint8),
+                                      t.nbytes, raw_dtype=t.qtype)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            fout = w.fout[0]
+            with out.progress(f"Writing GGUF ({type}, {flavor})", ckpt.weight_bytes) as advance:
+                for t in plan:
+                    w.write_padding(fout, fout.tell())  # data offsets are aligned, as gguf's own writer does
+                    written = sum(_write_tensor(ckpt, t, fout, advance))
+                    if written != t.nbytes:
+                        raise AssertionError(f"{t.name}: wrote {written} bytes, planned {t.nbytes}")
+        finally:
+            w.close()
+    seconds = time.perf_counter() - start
+    size = out_path.stat().st_size
+    params = sum(math.prod(t.shape) for t in plan)
+    counts = dict(Counter(TYPE_NAMES[t.qtype] for t in plan))
+    return {
+        "output": str(out_path), "type": type, "flavor": flavor, "arch": FLAVOR_ARCH[flavor], "tensors": len(plan),
+        "tensor_types": counts, "params": params, "bytes": size, "bits_per_param": round(8 * size / params, 4),
+        "input_bytes": ckpt.weight_bytes, "seconds": round(seconds, 3),
+    }
+
+
+def _write_tensor(ckpt: Checkpoint, t: PlannedTensor, fout, advance):
+    """Convert ``t`` and append it to ``fout``; yields the number of bytes written per chunk."""
+    info = ckpt.tensors[t.source]
+    if t.rope_heads:  # a row permutation across the whole matrix: convert it in one piece
+        data = gguf.quants.quantize(llama_permute(ckpt.get(t.source), t.rope_heads), t.qtype)
+        data.tofile(fout)
+        advance(info.nbytes)
+        yield data.nbytes
+        return
+    rows = t.shape[0]
+    step = max(1, ROW_CHUNK_BYTES // (4 * math.prod(t.shape[1:]))) if len(t.shape) > 1 else rows
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        data = gguf.quants.quantize(ckpt.get(t.source, slice(r0, r1)), t.qtype)
+        data.tofile(fout)
+        advance(info.nbytes * (r1 - r0) // rows)
+        yield data.nbytes
