@@ -22,3 +22,18 @@ from mcpm_mobile.quantize.cli import quantize  # noqa: E402
 main.add_command(quantize)
 main.add_command(dev)
 main.add_command(license_cmd)
+from mcpm_mobile.formats.gguf_cli import export_gguf_cmd  # noqa: E402
+
+main.add_command(export_gguf_cmd)
+from mcpm_mobile.formats.onnx_cli import export_onnx_cmd  # noqa: E402
+
+main.add_command(export_onnx_cmd)
+from mcpm_mobile.devices.cli import check, devices  # noqa: E402
+
+main.add_command(devices)
+main.add_command(check)
+from mcpm_mobile.compiler.cli import compile_cmd  # noqa: E402
+from mcpm_mobile.runtime.cli import run_cmd  # noqa: E402
+
+main.add_command(compile_cmd)
+main.add_command(run_cmd)

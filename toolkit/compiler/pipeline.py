@@ -1,0 +1,74 @@
+"""Our Relax compile pipeline, built only from TVM's public passes and dlight.
+
+Phases (mirroring the order MLC-LLM uses, reference mlc_interface.md §5.3):
+
+0. interface functions and variable bounds are attached before the pipeline (``compile.py``);
+1. graph rewrites: ``FuseTransposeMatmul`` (a transpose feeding a matmul never materialises);
+2. lowering and fusion: ``LegalizeOps``, ``AnnotateTIROpPattern``, ``FoldConstant``, ``FuseOps``,
+   ``FuseTIR``, ``DeadCodeElimination``;
+3. target-specific kernel schedules (``schedules.schedule_rules(target)``: the only
+   target-dependent step; GPU targets plug in dlight's gpu rules there);
+4. VM lowering with static memory planning, then ``_metadata`` with the measured memory usage.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.s_tir import dlight as dl
+
+from mcpm_mobile.compiler import interface, schedules
+
+ENTRY_FUNCTIONS = ["embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify",
+                   "create_tir_paged_kv_cache", "alloc_embedding_tensor", "softmax_with_temperature",
+                   *interface.LOGIT_PROCESSORS]
+
+
+@tvm.transform.module_pass(opt_level=0, name="MarkNoAlias")
+def MarkNoAlias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 - pass naming
+    """Mark every PrimFunc ``tirx.noalias``.
+
+    TVM 0.27's LLVM codegen drops the ``noalias`` buffer information of *all* functions of a
+    module as soon as one function lacks the attribute (VMShapeLower's ``shape_func``, the KV-cache
+    kernels). The decode GEMVs then run 4x slower. Every function here is called with distinct
+    buffers (host shape functions take one), so the attribute holds.
+    """
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.noalias")):
+            mod[gv] = func.with_attr("tirx.noalias", True)
+    return mod
+
+
+def get_pipeline(target: tvm.target.Target, metadata: dict) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="MCPMPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        passes = [
+            # phase 1: graph rewrites
+            relax.transform.FuseTransposeMatmul(),
+            # phase 2: lowering and fusion
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(ENTRY_FUNCTIONS),
+            # phase 3: target-specific schedules
+            dl.ApplyDefaultSchedule(*schedules.schedule_rules(target)),
+            # phase 4: VM lowering
+            relax.transform.RewriteDataflowReshape(),
+            relax.transform.ToNonDataflow(),
+            relax.transform.RemovePurityChecking(),
+            relax.transform.CallTIRRewrite(),
+            relax.transform.StaticPlanBlockMemory(),
+            interface.attach_metadata(metadata),
+            relax.transform.LowerAllocTensor(),
+            relax.transform.KillAfterLastUse(),
+            relax.transform.LowerRuntimeBuiltin(),
+            relax.transform.ComputePrimValue(),
+            relax.transform.VMShapeLower(),
+            relax.transform.AttachGlobalSymbol(),
+            MarkNoAlias,
+        ]
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
