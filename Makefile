@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 DEMO   := build/demo
 JOBS   ?= 2
 
-.PHONY: venv demo test bench clean
+.PHONY: venv sysdeps demo test bench clean
+
+# Debian packages the OpenCL checks need: clang (OpenCL C -> SPIR) and PoCL (an OpenCL CPU device).
+SYSPKGS := clang pocl-opencl-icd ocl-icd-opencl-dev
 
 $(BIN)/mcpm-mobile: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +18,19 @@ $(BIN)/mcpm-mobile: pyproject.toml setup.py
 
 venv: $(BIN)/mcpm-mobile
 
+sysdeps:
+	@if ! command -v clang >/dev/null || ! [ -e /etc/OpenCL/vendors/pocl.icd ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); fi; \
+	fi
+
 # The main job on an embedded default: a tiny MiniCPM generated deterministically (no weights can be downloaded).
 demo: venv
 	rm -rf $(DEMO)
 	$(BIN)/mcpm-mobile dev tiny-checkpoint $(DEMO)/tiny-minicpm
 	$(BIN)/mcpm-mobile quantize $(DEMO)/tiny-minicpm -o $(DEMO)/tiny-minicpm-q4f16_1 --quantization q4f16_1
 
-test: venv
+test: sysdeps venv
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
 
 bench: venv
