@@ -34,7 +34,7 @@ test: sysdeps venv
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
 
 bench: venv
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV) *.egg-info
