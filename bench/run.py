@@ -25,7 +25,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from checkpoint import SHAPES, checkpoint_bytes, make  # noqa: E402
+from checkpoint import checkpoint_bytes, make  # noqa: E402
 from measure import run, run_json  # noqa: E402
 
 CLI = Path(sys.executable).parent / "mcpm-mobile"

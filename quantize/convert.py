@@ -15,6 +15,7 @@ from mcpm_mobile.model.param_map import MLCParam, param_plan, stored_shapes
 from mcpm_mobile.model.tokenizer import copy_tokenizer_files, tokenizer_info
 from mcpm_mobile.quantize.group import GROUP_SIZE, QUANTIZATIONS, Quantization, quantize_rows
 from mcpm_mobile.support.atomic import atomic_dir
+from mcpm_mobile.support.jsonio import read_json
 from mcpm_mobile.support.output import Output
 
 ROW_CHUNK_BYTES = 64 << 20  # float32 bytes of source rows quantized at once
@@ -51,7 +52,7 @@ def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f
                 _convert_param(ckpt, param, quant, writer, advance)
         index = writer.finish()
         files = copy_tokenizer_files(ckpt.dir, tmp)
-        generation = _read_optional_json(ckpt.dir / "generation_config.json")
+        generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True)
         cfg = chat_config.build(ckpt.config, quant.name, files, tokenizer_info(tmp / "tokenizer.json"),
                                 generation, context_window, prefill_chunk)
         (tmp / chat_config.FILENAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -63,15 +64,6 @@ def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f
         "shards": len(index["records"]), "input_bytes": ckpt.weight_bytes, "seconds": round(seconds, 3),
         "input_gb_per_s": round(ckpt.weight_bytes / seconds / 1e9, 3),
     }
-
-
-def _read_optional_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise fail(path, f"cannot read JSON: {e}")
 
 
 def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, writer: TensorCacheWriter, advance) -> None:

@@ -8,7 +8,6 @@ import pytest
 
 from conftest import run_cli
 from mcpm_mobile.formats.tensor_cache import load_tensors
-from mcpm_mobile.support.ar import defined_symbols
 from mcpm_mobile.targets.model_lib import embedded_metadata
 
 pytestmark = pytest.mark.slow

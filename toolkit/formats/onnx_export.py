@@ -47,6 +47,7 @@ from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.tokenizer import copy_tokenizer_files
 from mcpm_mobile.support.atomic import atomic_dir
+from mcpm_mobile.support.jsonio import read_json
 from mcpm_mobile.support.output import Output
 
 MODEL_FILE = "model.onnx"
@@ -298,7 +299,7 @@ def export_onnx(model_dir: Path, out_dir: Path, block_size: int = 32, accuracy_l
         files = copy_tokenizer_files(ckpt.dir, tmp)
         if genai_config.ensure_tokenizer_config(tmp, c):
             files.append(genai_config.TOKENIZER_CONFIG)
-        generation = _read_optional_json(ckpt.dir / "generation_config.json")
+        generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True)
         cfg = genai_config.build(c, MODEL_FILE, context, max_length, generation)
         (tmp / genai_config.FILENAME).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
         written = sorted(p.name for p in tmp.iterdir())
@@ -316,12 +317,3 @@ def check_onnx(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise MCPMError(f"{path}: onnx.checker rejected the exported graph: {' '.join(str(e).split())[:300]}")
-
-
-def _read_optional_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise fail(path, f"cannot read JSON: {e}")

@@ -12,7 +12,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from mcpm_mobile.errors import MCPMError, fail
+from mcpm_mobile.errors import MCPMError
+from mcpm_mobile.support.jsonio import read_json
 
 UNKNOWN = "unknown"
 UNKNOWN_STATUS = "The model's licence is not known to mcpm-mobile; find out its terms before distributing it."
@@ -132,16 +133,7 @@ def detect(config: dict, name_hint: str | None = None) -> str | None:
 
 def read_config(model_dir: Path | str) -> dict:
     """config.json of a checkpoint directory as a dict; {} when there is none."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        return {}
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise fail(path, f"cannot read JSON: {e}")
-    if not isinstance(raw, dict):
-        raise fail(path, "expected a JSON object")
-    return raw
+    return read_json(Path(model_dir) / "config.json", missing_ok=True) or {}
 
 
 def detect_dir(model_dir: Path | str) -> str | None:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.support.jsonio import read_json
 
 SUPPORTED_ARCH = "MiniCPMForCausalLM"
 
@@ -71,12 +71,7 @@ class MiniCPMConfig:
         path = Path(path)
         if not path.is_file():
             raise fail(path, "config.json not found (is this a Hugging Face checkpoint directory?)")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise fail(path, f"cannot read JSON: {e}")
-        if not isinstance(raw, dict):
-            raise fail(path, "expected a JSON object")
+        raw = read_json(path)
         return cls.from_dict(raw, path)
 
     @classmethod

@@ -74,7 +74,7 @@ def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p,
         except MCPMError as e:
             if "context window" not in str(e) or first:
                 raise
-            click.echo(f"(context window full: starting a new conversation) ", err=True)
+            click.echo("(context window full: starting a new conversation) ", err=True)
             r = engine.generate(message, on_text=on_text if stream else None, **kwargs)
         first = False
         report(r)
