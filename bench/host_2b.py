@@ -1,6 +1,6 @@
 """Benchmark (not a test): compile a MiniCPM-2B-shaped model for the host and time decode/prefill.
 
-    .venv/bin/python bench/host_2b.py [--quantization q4f16_1] [--prefill 128] [--decode 32] [--threads N]
+    .venv/bin/python bench/host_2b.py [--quantization q4f16_1] [--prefill 128] [--decode 128] [--threads N]
 
 No weights are needed: the 2B config alone is compiled (time and peak RSS of a fresh
 ``mcpm-mobile compile`` process are measured), then random uint32 codes / scales are built directly
@@ -98,7 +98,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quantization", default="q4f16_1")
     ap.add_argument("--prefill", type=int, default=128)
-    ap.add_argument("--decode", type=int, default=32)
+    ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--context-window", type=int, default=4096)
     ap.add_argument("--prefill-chunk", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=os.cpu_count())

@@ -5,13 +5,17 @@ import gzip
 import hashlib
 import json
 import re
+import struct
 import tarfile
 from pathlib import Path
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.support.ar import defined_symbols, symbol_offset
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 METADATA_MARK = b'{"model_type"'
+LIBRARY_BIN = "__tvm_ffi__library_bin"
+DEVICE_MODULES = ("opencl", "metal", "cuda")
 
 
 def model_lib_name(chat_config: dict, target: str) -> str:
@@ -56,3 +60,83 @@ def embedded_metadata(lib_path: Path) -> dict:
                 pass
             start = blob.find(METADATA_MARK, start + 1)
     raise fail(lib_path, "no _metadata found: not a model library compiled by mcpm-mobile / MLC")
+
+
+def device_sources(lib_path: Path) -> dict[str, str]:
+    """The GPU kernel sources embedded in a ``.tar`` model library: {kernel name: source}.
+
+    OpenCL: one self-contained program per kernel (TVM compiles each separately on the device);
+    Metal: one source per kernel; CUDA C: the whole module under the key ``"cuda"``. Empty for a
+    CPU library. Read from the serialized module tree in the
+    ``<prefix>__tvm_ffi__library_bin`` blob of ``<prefix>devc.o`` (TVM 0.27's format).
+    """
+    lib_path = Path(lib_path)
+    for _, obj in tar_members(lib_path):
+        if obj[:4] not in (b"\x7fELF", b"\xcf\xfa\xed\xfe"):
+            continue
+        for sym in defined_symbols(obj):
+            if sym.endswith(LIBRARY_BIN):
+                start = symbol_offset(obj, sym)
+                try:
+                    return _module_sources(_Reader(obj, start))
+                except (struct.error, ValueError, IndexError) as e:
+                    raise fail(lib_path, f"unrecognised library blob in {sym}: {e}")
+    raise fail(lib_path, f"no {LIBRARY_BIN} symbol: not a TVM system library")
+
+
+class _Reader:
+    def __init__(self, data: bytes, pos: int):
+        self.data, self.pos = data, pos
+        self.end = pos + 8 + self.u64()  # the blob starts with its own length
+
+    def u64(self) -> int:
+        v, = struct.unpack_from("<Q", self.data, self.pos)
+        self.pos += 8
+        return v
+
+    def skip(self, item_size: int) -> None:
+        """Skip a length-prefixed array of fixed-size items."""
+        n = self.u64()
+        self.pos += item_size * n
+
+    def bytes(self) -> bytes:
+        n = self.u64()
+        if self.pos + n > self.end:
+            raise ValueError("truncated")
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def str(self) -> str:
+        return self.bytes().decode("utf-8")
+
+
+def _module_sources(r: _Reader) -> dict[str, str]:
+    r.skip(8)  # import tree: row pointers
+    r.skip(8)  # and child indices
+    out = {}
+    while r.pos < r.end:
+        kind = r.str()
+        if kind == "_lib":
+            continue
+        payload = r.bytes()
+        if kind in DEVICE_MODULES:
+            out.update(_device_sources(kind, _Reader(struct.pack("<Q", len(payload)) + payload, 0)))
+    return out
+
+
+def _device_sources(kind: str, r: _Reader) -> dict[str, str]:
+    fmt = r.str()
+    for _ in range(r.u64()):  # function table: name -> (name, arg types, launch tags, arg tags)
+        r.str()
+        r.str()
+        r.skip(4)
+        for _ in range(r.u64()):
+            r.str()
+        r.skip(4)
+    if kind == "metal":
+        return {r.str(): r.str() for _ in range(r.u64())} if fmt == "metal" else {}
+    if fmt == "cl":
+        parts = re.split(r"^// Function: (\S+)\n", r.str(), flags=re.M)
+        return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+    return {"cuda": r.str()} if fmt in ("cu", "cuda") else {}

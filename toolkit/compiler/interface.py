@@ -5,7 +5,8 @@
 * ``alloc_embedding_tensor``: ``() -> dtype[prefill_chunk_size, hidden]``.
 * ``softmax_with_temperature``: ``(f32[b, 1, v], f32[b]) -> f32[b, 1, v]``.
 * ``apply_logit_bias_inplace``, ``apply_penalty_inplace``, ``apply_bitmask_inplace``: TIR PrimFuncs
-  updating ``logits f32[b, v]`` in place, written from the semantics the runtime expects.
+  updating ``logits f32[b, v]`` in place, written from the semantics the runtime expects (serial
+  loops on the CPU; one GPU thread per token or per logit on GPU targets).
 """
 from __future__ import annotations
 
@@ -83,9 +84,86 @@ LOGIT_PROCESSORS = {
 }
 
 
+def gpu_logit_processors(nt: int) -> dict[str, tirx.PrimFunc]:
+    """The same three functions for GPU targets, ``nt`` threads per block."""
+
+    @T.prim_func(s_tir=True)
+    def bias(var_logits: T.handle, var_pos2seq_id: T.handle, var_token_ids: T.handle, var_logit_bias: T.handle):
+        T.func_attr({"global_symbol": "apply_logit_bias_inplace", "tirx.noalias": True, "tirx.is_scheduled": True})
+        batch_size = T.int32()
+        vocab_size = T.int32()
+        num_token = T.int32()
+        logits = T.match_buffer(var_logits, (batch_size, vocab_size), "float32")
+        pos2seq_id = T.match_buffer(var_pos2seq_id, (num_token,), "int32")
+        token_ids = T.match_buffer(var_token_ids, (num_token,), "int32")
+        logit_bias = T.match_buffer(var_logit_bias, (num_token,), "float32")
+        for bx in T.thread_binding(T.ceildiv(num_token, nt), thread="blockIdx.x"):
+            for tx in T.thread_binding(nt, thread="threadIdx.x"):
+                with T.sblock("bias"):
+                    T.reads()
+                    T.writes()
+                    if bx * nt + tx < num_token:
+                        logits[pos2seq_id[bx * nt + tx], token_ids[bx * nt + tx]] = (
+                            logits[pos2seq_id[bx * nt + tx], token_ids[bx * nt + tx]] + logit_bias[bx * nt + tx])
+
+    @T.prim_func(s_tir=True)
+    def penalty(var_logits: T.handle, var_seq_ids: T.handle, var_pos2seq_id: T.handle, var_token_ids: T.handle,
+                var_token_cnt: T.handle, var_penalties: T.handle):
+        T.func_attr({"global_symbol": "apply_penalty_inplace", "tirx.noalias": True, "tirx.is_scheduled": True})
+        batch_size = T.int32()
+        vocab_size = T.int32()
+        num_token = T.int32()
+        num_seq = T.int32()
+        logits = T.match_buffer(var_logits, (batch_size, vocab_size), "float32")
+        seq_ids = T.match_buffer(var_seq_ids, (num_seq,), "int32")
+        pos2seq_id = T.match_buffer(var_pos2seq_id, (num_token,), "int32")
+        token_ids = T.match_buffer(var_token_ids, (num_token,), "int32")
+        token_cnt = T.match_buffer(var_token_cnt, (num_token,), "int32")
+        penalties = T.match_buffer(var_penalties, (num_seq, 3), "float32")
+        for bx in T.thread_binding(T.ceildiv(num_token, nt), thread="blockIdx.x"):
+            for tx in T.thread_binding(nt, thread="threadIdx.x"):
+                with T.sblock("penalty"):
+                    T.reads()
+                    T.writes()
+                    v = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    if bx * nt + tx < num_token:
+                        p: T.let[T.int32] = pos2seq_id[bx * nt + tx]
+                        row: T.let[T.int32] = seq_ids[p]
+                        tok: T.let[T.int32] = token_ids[bx * nt + tx]
+                        v[0] = logits[row, tok] - (penalties[p, 0]
+                                                   + T.Cast("float32", token_cnt[bx * nt + tx]) * penalties[p, 1])
+                        logits[row, tok] = T.if_then_else(v[0] < T.float32(0), v[0] * penalties[p, 2],
+                                                          v[0] / penalties[p, 2])
+
+    @T.prim_func(s_tir=True)
+    def bitmask(var_logits: T.handle, var_seq_ids: T.handle, var_bitmask: T.handle):
+        T.func_attr({"global_symbol": "apply_bitmask_inplace", "tirx.noalias": True, "tirx.is_scheduled": True})
+        batch_size = T.int32()
+        vocab_size = T.int32()
+        num_seq = T.int32()
+        logits = T.match_buffer(var_logits, (batch_size, vocab_size), "float32")
+        seq_ids = T.match_buffer(var_seq_ids, (num_seq,), "int32")
+        bitmask = T.match_buffer(var_bitmask, (batch_size, (vocab_size + 31) // 32), "int32")
+        for bx in T.thread_binding(T.ceildiv(num_seq * vocab_size, nt), thread="blockIdx.x"):
+            for tx in T.thread_binding(nt, thread="threadIdx.x"):
+                with T.sblock("bitmask"):
+                    T.reads()
+                    T.writes()
+                    if bx * nt + tx < num_seq * vocab_size:
+                        row: T.let[T.int32] = seq_ids[(bx * nt + tx) // vocab_size]
+                        v: T.let[T.int32] = (bx * nt + tx) % vocab_size
+                        logits[row, v] = T.if_then_else(
+                            T.bitwise_and(T.shift_right(bitmask[row, v // 32], v % 32), 1) == 1,
+                            logits[row, v], T.min_value("float32"))
+
+    return {"apply_logit_bias_inplace": bias, "apply_penalty_inplace": penalty, "apply_bitmask_inplace": bitmask}
+
+
 # --- Relax helper functions --------------------------------------------------------------------
-def attach_functions(mod: tvm.IRModule, *, hidden_size: int, dtype: str, prefill_chunk_size: int) -> tvm.IRModule:
-    """Add alloc_embedding_tensor, softmax_with_temperature and the logit processors to ``mod``."""
+def attach_functions(mod: tvm.IRModule, *, hidden_size: int, dtype: str, prefill_chunk_size: int,
+                     gpu_threads: int | None = None) -> tvm.IRModule:
+    """Add alloc_embedding_tensor, softmax_with_temperature and the logit processors to ``mod``
+    (their GPU versions with ``gpu_threads`` threads per block when given)."""
     bb = relax.BlockBuilder(mod)
     with bb.function("alloc_embedding_tensor", params=[]):
         out = bb.emit(relax.op.builtin.alloc_tensor(relax.ShapeExpr([prefill_chunk_size, hidden_size]), dtype, 0))
@@ -103,7 +181,8 @@ def attach_functions(mod: tvm.IRModule, *, hidden_size: int, dtype: str, prefill
             probs = bb.emit_output(relax.op.nn.softmax(scaled, axis=-1))
         bb.emit_func_output(probs)
     mod = bb.get()
-    for name, func in LOGIT_PROCESSORS.items():
+    processors = gpu_logit_processors(gpu_threads) if gpu_threads else LOGIT_PROCESSORS
+    for name, func in processors.items():
         mod[name] = func
     return mod
 

@@ -6,9 +6,13 @@ Phases (mirroring the order MLC-LLM uses, reference mlc_interface.md §5.3):
 1. graph rewrites: ``FuseTransposeMatmul`` (a transpose feeding a matmul never materialises);
 2. lowering and fusion: ``LegalizeOps``, ``AnnotateTIROpPattern``, ``FoldConstant``, ``FuseOps``,
    ``FuseTIR``, ``DeadCodeElimination``;
-3. target-specific kernel schedules (``schedules.schedule_rules(target)``: the only
-   target-dependent step; GPU targets plug in dlight's gpu rules there);
+3. target-specific kernel schedules (``schedules.schedule_rules(target)``; GPU targets get
+   dlight's gpu rules, see ``gpu.py``);
 4. VM lowering with static memory planning, then ``_metadata`` with the measured memory usage.
+
+GPU targets add: TVM's GPU sort before lowering (the sampler's argsort), int32 index
+narrowing after scheduling (not on CUDA); ``compile.lower`` then checks that every kernel is bound to
+GPU threads.
 """
 from __future__ import annotations
 
@@ -16,11 +20,11 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
-from mcpm_mobile.compiler import interface, schedules
+from mcpm_mobile.compiler import cpu_attention, gpu, interface, sampler, schedules
 
 ENTRY_FUNCTIONS = ["embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify",
                    "create_tir_paged_kv_cache", "alloc_embedding_tensor", "softmax_with_temperature",
-                   *interface.LOGIT_PROCESSORS]
+                   *interface.LOGIT_PROCESSORS, *sampler.FUNCTIONS]
 
 
 @tvm.transform.module_pass(opt_level=0, name="MarkNoAlias")
@@ -41,18 +45,23 @@ def MarkNoAlias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 - pass n
 def get_pipeline(target: tvm.target.Target, metadata: dict) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="MCPMPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        on_gpu = gpu.is_gpu(target)
+        entries = [gv.name_hint for gv in mod.get_global_vars() if gv.name_hint in ENTRY_FUNCTIONS]
         passes = [
             # phase 1: graph rewrites
             relax.transform.FuseTransposeMatmul(),
+            *([relax.backend.DispatchSortScan()] if on_gpu else []),  # the sampler's argsort
             # phase 2: lowering and fusion
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
-            relax.transform.DeadCodeElimination(ENTRY_FUNCTIONS),
+            relax.transform.DeadCodeElimination(entries),
             # phase 3: target-specific schedules
+            *([] if on_gpu else [cpu_attention.ReplaceCPUAttention]),
             dl.ApplyDefaultSchedule(*schedules.schedule_rules(target)),
+            *([gpu.NarrowIndices] if on_gpu and target.kind.name != "cuda" else []),
             # phase 4: VM lowering
             relax.transform.RewriteDataflowReshape(),
             relax.transform.ToNonDataflow(),

@@ -4,12 +4,12 @@
 PrimFunc after fusion. For CPU (llvm) these are our own rules for the model's
 ``dequantize_matmul`` / ``dequantize_take`` kernels (see ``model/quantized_linear.py``) followed by a
 generic rule that parallelises and vectorises the remaining spatial and reduction kernels.
-GPU targets are added by returning dlight's ``gpu`` rules here (not done yet).
+GPU targets get dlight's ``gpu`` rules (see ``gpu.py``).
 """
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import s_tir, te, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
@@ -21,7 +21,9 @@ def is_cpu(target: Target) -> bool:
 def schedule_rules(target: Target) -> list[ScheduleRule]:
     if is_cpu(target):
         return [CPUDequantizeMatmul(), CPUDequantizeTake(), CPUGeneric()]
-    raise NotImplementedError(f"no schedules for target kind '{target.kind.name}' yet")
+    from mcpm_mobile.compiler import gpu
+
+    return gpu.schedule_rules(target)
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
@@ -80,10 +82,86 @@ class CPUDequantizeMatmul(ScheduleRule):
             rows = None if (e is None or rows is None) else rows * e
         lanes = _vector_lanes(target)
         if rows == 1:
+            grouped = self._grouped_gemv(func, lanes) if layout == "NK" and static else None
+            if grouped is not None:
+                return grouped
             if layout == "KN":
                 return self._gemv_outer(sch, lanes)
             return self._gemv_inner(sch, lanes)
         return self._matmul(sch, lanes, layout)
+
+    def _grouped_gemv(self, func, lanes):
+        """Decode GEMV on NK weights with the group scale applied once per word, not once per weight.
+
+        The PrimFunc is replaced by the equivalent ``quantized_linear.grouped_gemv_nk`` form (same
+        parameters and result; see its docstring for the algebra). Schedule: rows in blocks of 4
+        (each vector of ``x`` is loaded once for 4 rows), row blocks distributed over threads; per
+        step of ``block`` words (one vector) the 8 nibbles are unpacked and FMA'd into ``inner``
+        (4 vector accumulators), then one FMA per vector applies the per-lane group scale into
+        ``partial`` (the scale vector is built from 4 broadcasts + blends); the lanes are summed
+        once per row. ``x_perm``/``x_zero`` (x permuted to the nibble order and its per-word
+        zero-point sums, K floats) are computed once per call.
+
+        Inner loop per 16 weights: shift, and, convert, FMA (plus 1/8 of the scale work) instead of
+        8 instructions; 181 instead of ~260 instructions per 4 rows x 128 weights (AVX-512).
+        Measured on 2 Zen 5 cores, weights streamed from DRAM: gate_up 0.79 -> 0.61 ms, down
+        0.49 -> 0.36 ms, the tied lm_head 14.5 -> 5.9 ms. Returns None (the generic GEMV is used)
+        when K is not a multiple of 64.
+        """
+        from mcpm_mobile.model.quantized_linear import grouped_gemv_nk
+
+        if len(func.params) != 4:
+            return None
+        probe = s_tir.Schedule(func)
+        deq_reads = [r.source for r in probe.get(probe.get_sblock("dequantize")).reads]
+        wb = next((b for b in deq_reads if str(b.dtype) == "uint32"), None)
+        sb = next((b for b in deq_reads if str(b.dtype) != "uint32"), None)
+        first = _try_get(probe, "x_f32") or probe.get_sblock("matmul")
+        xb = next((r.source for r in probe.get(first).reads if r.source.name not in ("dequantize", "x_f32")), None)
+        blocks = probe.get_child_blocks(probe.get_sblock("root"))
+        ob = probe.get(blocks[-1]).writes[0].source
+        if wb is None or sb is None or xb is None:
+            return None
+        k = int(xb.shape[-1])
+        words = k // 8
+        # a vector of `block` words per step; at least two steps (TVM drops unit loops, and the
+        # schedule below addresses loops by position). Tiny K (the tests) use narrower vectors.
+        block = next((b for b in (lanes, lanes // 2, lanes // 4) if b >= 4 and b % 4 == 0 and k % (8 * b) == 0
+                      and k // (8 * b) >= 2), None)
+        if block is None or words * 8 != k:
+            return None
+        n = int(ob.shape[-1])
+        compute, _ = grouped_gemv_nk(n, k, str(ob.dtype), tuple(int(d) for d in xb.shape[:-1]), block)
+        xs_, ws_, ss_ = (te.placeholder([int(d) for d in b.shape], str(b.dtype), b.name) for b in (xb, wb, sb))
+        new = te.create_prim_func([xs_, ws_, ss_, compute(xs_, ws_, ss_)])
+        new = new.with_attrs({k_: v for k_, v in func.attrs.items()}) if func.attrs else new
+        sch = s_tir.Schedule(_narrow(new))
+        acc, partial, inner = sch.get_sblock("matmul"), sch.get_sblock("partial"), sch.get_sblock("inner")
+        n_loop = sch.get_loops(acc)[0]
+        no, nr = sch.split(n_loop, [None, 4])
+        sch.parallel(no)
+        sch.compute_at(partial, no)
+        pnr, pj, pb = sch.get_loops(partial)[-3:]
+        sch.reorder(pb, pnr, pj)
+        sch.compute_at(inner, pb)
+        inr, ij, isx = sch.get_loops(inner)[-3:]
+        sch.reorder(isx, inr, ij)
+        sch.unroll(isx)
+        sch.unroll(inr)
+        sch.vectorize(ij)
+        sch.decompose_reduction(inner, isx)
+        sch.set_scope(inner, 0, "local")
+        sch.unroll(pnr)
+        sch.vectorize(pj)
+        sch.decompose_reduction(partial, pb)
+        sch.set_scope(partial, 0, "local")
+        sch.vectorize(sch.get_loops(sch.get_sblock("x_perm"))[-1])
+        xz = sch.get_sblock("x_zero")
+        zb, zj, zs = sch.get_loops(xz)
+        sch.reorder(zs, zj)
+        sch.vectorize(zj)
+        self._epilogue(sch, no)
+        return sch
 
     @staticmethod
     def _epilogue(sch, loop):
@@ -140,6 +218,16 @@ class CPUDequantizeMatmul(ScheduleRule):
         return sch
 
     def _matmul(self, sch, lanes, layout):
+        """Prefill / batch: a K-blocked, register-blocked dequantize-matmul.
+
+        Per thread, a column block of ``nt = 2 vectors`` of W; per ``kc`` (<= 256, a divisor of K)
+        slice of K, the [nt, kc] tile of W is dequantized once into a K-major scratch tile
+        (32 KiB: stays in L1) and every 6-row block of x is multiplied with it by a 6 x 2-vector
+        microkernel (12 accumulators, one broadcast of x per row and k). The partial sums live in
+        the float32 ``matmul`` buffer (a [M, nt] column strip per thread, cache-resident) across
+        K slices. Without the K blocking the tile is K x nt (295-737 KiB) and falls out of L1/L2:
+        2x slower (measured 130-160 -> 280-300 GFLOP/s on 2 Zen 5 cores).
+        """
         deq, mm = sch.get_sblock("dequantize"), sch.get_sblock("matmul")
         *lead, n, k = sch.get_loops(mm)
         m = sch.fuse(*lead) if len(lead) > 1 else lead[0]
@@ -147,18 +235,23 @@ class CPUDequantizeMatmul(ScheduleRule):
         nt = lanes * 2 if next_ % (lanes * 2) == 0 else (lanes if next_ % lanes == 0 else 1)
         if nt == 1:
             return self._matmul_simple(sch, m, n)
-        mt = 6  # 6 rows x 2 vectors = 12 accumulators (measured best of 4/6/8 on AVX-512)
+        kc_max = 256
+        kc = next((c for c in range(kc_max, 31, -32) if kext % c == 0), kext) if kext > kc_max else kext
+        mt = 6  # 6 rows x 2 vectors = 12 accumulators (measured best of 4/6/8/12 on AVX-512)
         no, ni = sch.split(n, [None, nt])
         mo, mi = sch.split(m, [None, mt])
-        sch.reorder(no, mo, k, mi, ni)
-        acc = sch.cache_write(mm, 0, "local")
-        sch.reverse_compute_at(acc, mo)
+        ko, ki = sch.split(k, [None, kc])
+        sch.reorder(no, ko, mo, ki, mi, ni)
+        # the row count is dynamic (prefill length): without this the `row < M` check of the
+        # 6-row tail sits in the microkernel of every block (2x slower); TVM's LoopPartition
+        # splits `mo` into full blocks and one predicated tail block instead
+        sch.annotate(mo, "pragma_loop_partition_hint", 1)
         sch.parallel(no)
         sch.unroll(mi)
         sch.vectorize(ni)
-        sch.decompose_reduction(mm, k)
-        # dequantize one [nt, K] tile of W per `no`, stored K-major so that `ni` is contiguous
-        sch.compute_at(deq, no)
+        sch.decompose_reduction(mm, ko)
+        # dequantize one [nt, kc] tile of W per (no, ko), stored K-major so that `ni` is contiguous
+        sch.compute_at(deq, ko)
         sch.transform_layout(deq, ("write", 0), lambda a, b: (b, a))
         dl_ = sch.get_loops(deq)
         dn, dk = dl_[-2], dl_[-1]
@@ -166,7 +259,7 @@ class CPUDequantizeMatmul(ScheduleRule):
         if layout == "KN":
             sch.vectorize(dn)
         sch.set_scope(deq, 0, "global")
-        self._epilogue(sch, mo)
+        self._epilogue(sch, no)
         return sch
 
     def _matmul_simple(self, sch, m, n):

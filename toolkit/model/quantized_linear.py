@@ -156,3 +156,65 @@ class QEmbedding(nn.Module):
         """Tied head: ``x @ E^T`` read straight from the embedding tensors, float32 logits."""
         return dequantize_matmul(x, self.weights(), layout=self.layout, n=self.vocab, k=self.hidden,
                                  out_dtype="float32", name="lm_head")
+
+
+def grouped_gemv_nk(n: int, k: int, out_dtype: str, lead: tuple, block: int):
+    """CPU form of the one-row NK ``dequantize_matmul`` (decode), with the group scale factored out.
+
+    Mathematically the same kernel as :func:`_matmul_te` (the CPU schedule swaps it in for a
+    single row when ``K`` is a multiple of ``8 * block``), rewritten so that the inner loop does
+    only ``unpack -> convert -> FMA`` per weight::
+
+        sum_k x_k * (q_k - 7) * s_g(k)  =  sum_g s_g * (sum_{k in g} x_k * q_k  -  7 * sum_{k in g} x_k)
+
+    The K axis is walked word-wise: ``block`` consecutive uint32 words of a row (one vector) and
+    the 8 nibbles of each word (shift ``4*s``). ``x`` is permuted once per call into the matching
+    order, ``xp[b, s, j] = x[8 * (b * block + j) + s]``, and ``xs[b, j] = -7 * sum_s xp[b, s, j]``
+    is the zero-point term of word ``j``. Per block of words, ``inner`` accumulates the 8 nibble
+    FMAs and only then is the scale of each word's group applied once (``partial``); ``acc`` sums
+    the vector lanes. Everything is float32; nothing of W is materialised.
+
+    Returns ``(compute, n_pad)``: ``compute(x, w, s)`` for the [*lead, K] activations.
+    """
+    n_pad = -(-n // ROW_ALIGN) * ROW_ALIGN
+    words = k // ELEMS_PER_WORD
+    nb = words // block
+    assert nb * block == words and (block * ELEMS_PER_WORD) % GROUP_SIZE == 0
+    zero = tuple(0 for _ in lead)
+    seven = tirx.const(-7.0, "float32")
+
+    def row(i):
+        return te.min(i, n - 1) if n_pad != n else i
+
+    def compute(x: te.Tensor, w: te.Tensor, s: te.Tensor):
+        xp = te.compute((nb, ELEMS_PER_WORD, block),
+                        lambda b, sh, j: x[(*zero, (b * block + j) * ELEMS_PER_WORD + sh)].astype("float32"),
+                        name="x_perm")
+        r0 = te.reduce_axis((0, ELEMS_PER_WORD), name="s0")
+        xs = te.compute((nb, block), lambda b, j: te.sum(xp[b, r0, j] * seven, axis=r0), name="x_zero")
+        rs = te.reduce_axis((0, ELEMS_PER_WORD), name="s")
+
+        def nibble_dot(i, b, j):  # the zero-point term rides on the first FMA (one add per vector, not per group)
+            prod = xp[b, rs, j] * _code(w[row(i), b * block + j], rs)
+            return te.sum(tirx.Select(rs == 0, prod + xs[b, j], prod), axis=rs)
+
+        inner = te.compute((n_pad, nb, block), nibble_dot, name="inner")
+        rb = te.reduce_axis((0, nb), name="b")
+        wpg = GROUP_SIZE // ELEMS_PER_WORD  # words per group
+        gpb = block // wpg  # groups per block
+
+        def lane_scale(i, b, j):
+            # the scale of word j's group, as a select over the block's `gpb` scalars: vectorised along
+            # j this is gpb broadcasts + blends with constant lane masks, not a 16-lane gather
+            val = s[row(i), b * gpb + gpb - 1]
+            for g in range(gpb - 2, -1, -1):
+                val = tirx.Select(j < (g + 1) * wpg, s[row(i), b * gpb + g], val)
+            return val.astype("float32")
+
+        partial = te.compute((n_pad, block), lambda i, j: te.sum(lane_scale(i, rb, j) * inner[i, rb, j], axis=rb),
+                             name="partial")
+        rj = te.reduce_axis((0, block), name="j")
+        acc = te.compute((n_pad,), lambda i: te.sum(partial[i, rj], axis=rj), name="matmul")
+        return te.compute((*lead, n), lambda *i: acc[i[-1]].astype(out_dtype), name="cast")
+
+    return compute, n_pad

@@ -56,6 +56,48 @@ def _macho_symbols(obj: bytes) -> list[str]:
     return names
 
 
+def symbol_offset(obj: bytes, name: str) -> int | None:
+    """File offset of the data of defined symbol ``name`` (ELF64 / Mach-O 64 object), or None."""
+    if obj[:4] == ELF_MAGIC:
+        shoff, = struct.unpack_from("<Q", obj, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", obj, 0x3A)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", obj, shoff + i * shentsize) for i in range(shnum)]
+        for _, sh_type, _, _, off, size, link, _, _, entsize in sections:
+            if sh_type != 2:
+                continue
+            str_off = sections[link][4]
+            for i in range(size // entsize):
+                st_name, _, _, st_shndx, st_value = struct.unpack_from("<IBBHQ", obj, off + i * entsize)
+                end = obj.index(b"\0", str_off + st_name)
+                if obj[str_off + st_name:end].decode() == name and 0 < st_shndx < len(sections):
+                    return sections[st_shndx][4] + st_value
+        return None
+    if obj[:4] == MACHO_MAGIC:
+        ncmds, = struct.unpack_from("<I", obj, 16)
+        pos, sects, symtab = 32, [], None
+        for _ in range(ncmds):
+            cmd, cmdsize = struct.unpack_from("<II", obj, pos)
+            if cmd == 0x19:  # LC_SEGMENT_64: section_64 headers follow the segment command
+                nsects, = struct.unpack_from("<I", obj, pos + 64)
+                for j in range(nsects):
+                    addr, _, offset = struct.unpack_from("<QQI", obj, pos + 72 + 80 * j + 32)
+                    sects.append((addr, offset))
+            elif cmd == 0x2:
+                symtab = struct.unpack_from("<IIII", obj, pos + 8)
+            pos += cmdsize
+        if symtab is None:
+            return None
+        symoff, nsyms, stroff, _ = symtab
+        for i in range(nsyms):
+            n_strx, n_type, n_sect, _, n_value = struct.unpack_from("<IBBHQ", obj, symoff + 16 * i)
+            end = obj.index(b"\0", stroff + n_strx)
+            if obj[stroff + n_strx:end].decode() in (name, "_" + name) and n_type & 0x0E == 0x0E:
+                addr, offset = sects[n_sect - 1]
+                return offset + n_value - addr
+        return None
+    raise ValueError("not an ELF64 or Mach-O 64 object")
+
+
 def _header(name: bytes, size: int) -> bytes:
     return b"%-16s%-12d%-6d%-6d%-8o%-10d`\n" % (name, 0, 0, 0, 0o644, size)
 
