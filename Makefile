@@ -29,6 +29,11 @@ demo: venv
 	rm -rf $(DEMO)
 	$(BIN)/mcpm-mobile dev tiny-checkpoint $(DEMO)/tiny-minicpm
 	$(BIN)/mcpm-mobile quantize $(DEMO)/tiny-minicpm -o $(DEMO)/tiny-minicpm-q4f16_1 --quantization q4f16_1
+	$(BIN)/mcpm-mobile build $(DEMO)/tiny-minicpm --target android -o $(DEMO)/dist
+	$(BIN)/mcpm-mobile verify $(DEMO)/dist/android
+	$(BIN)/mcpm-mobile compile $(DEMO)/tiny-minicpm-q4f16_1 --target host -o $(DEMO)/tiny-minicpm-host.so
+	$(BIN)/mcpm-mobile run $(DEMO)/tiny-minicpm-q4f16_1 --lib $(DEMO)/tiny-minicpm-host.so --prompt "Hello" --max-tokens 16
+	$(BIN)/mcpm-mobile check "Xiaomi 12 Pro" --preset minicpm-2b
 
 test: sysdeps venv
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile

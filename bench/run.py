@@ -17,10 +17,7 @@ import platform
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -31,19 +28,6 @@ from measure import run, run_json  # noqa: E402
 CLI = Path(sys.executable).parent / "mcpm-mobile"
 TARGETS = {"host": ".so", "android": ".tar", "harmonyos": ".tar", "ios": ".tar"}
 BEGIN, END = "<!-- make bench: begin -->", "<!-- make bench: end -->"
-
-
-def read_bandwidth(threads: int, gigabytes: float = 2.0, repeats: int = 5) -> float:
-    """Best-of-N GB/s of summing a large int64 array split across ``threads`` (numpy releases the GIL)."""
-    data = np.ones(int(gigabytes * 1e9) // 8, np.int64)
-    parts = np.array_split(data, threads)
-    best = 0.0
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(repeats):
-            t = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            best = max(best, data.nbytes / (time.perf_counter() - t) / 1e9)
-    return round(best, 1)
 
 
 def weight_bytes(weights: Path) -> int:
@@ -76,12 +60,14 @@ def main() -> None:
     make(ckpt, shape)
     r["checkpoint_gb"] = round(sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e9, 2)
     step("memory roofline")
-    r["read_gbs"] = read_bandwidth(args.threads)
+    r["bandwidth"] = run_json([sys.executable, HERE / "bandwidth.py", "--threads", args.threads], env)
+    r["read_gbs"] = r["bandwidth"]["tvm_read_gb_s"]
 
     step("conversion: ours")
     weights, gguf = out / f"w-{shape}-q4f16_1", out / f"{shape}-q4_0.gguf"
     r["quantize"] = run_json([CLI, "quantize", ckpt, "-o", weights, "--force", "--json"], env)
     r["export_gguf"] = run_json([CLI, "export-gguf", ckpt, "-o", gguf, "--type", "q4_0", "--force", "--json"], env)
+    r["export_onnx"] = run_json([CLI, "export-onnx", ckpt, "-o", out / f"onnx-{shape}", "--force", "--json"], env)
     if not args.skip_peer:
         step("conversion: llama.cpp (convert_hf_to_gguf.py -> f16, then Q4_0)")
         r["peer_convert"] = run_json([sys.executable, HERE / "peer_llamacpp.py", ckpt, "--threads", args.threads,
@@ -113,7 +99,7 @@ def main() -> None:
 
 def render(r: dict) -> str:
     o, p = r["ours"], r["llamacpp"]
-    q, g = r["quantize"], r["export_gguf"]
+    q, g, x = r["quantize"], r["export_gguf"], r["export_onnx"]
     ceiling = r["read_gbs"] * 1e9 / o["bytes_per_token"]
     lines = [
         f"Run {r['date']} on {r['machine']}, {r['threads']} threads for every engine; MiniCPM-{r['shape']}-shaped "
@@ -132,6 +118,8 @@ def render(r: dict) -> str:
         f"| mcpm-mobile quantize (q4f16_1) | {q['seconds']} s | {q['input_gb_per_s']} | {q['peak_rss_mb']:.0f} MB |",
         f"| mcpm-mobile export-gguf (q4_0) | {g['seconds']} s | {r['checkpoint_gb'] / g['seconds']:.2f} | "
         f"{g['peak_rss_mb']:.0f} MB |",
+        f"| mcpm-mobile export-onnx (int4 MatMulNBits) | {x['seconds']} s | {r['checkpoint_gb'] / x['seconds']:.2f} | "
+        f"{x['peak_rss_mb']:.0f} MB |",
     ]
     if "peer_convert" in r:
         pc = r["peer_convert"]

@@ -82,6 +82,9 @@ class CPUDequantizeMatmul(ScheduleRule):
             rows = None if (e is None or rows is None) else rows * e
         lanes = _vector_lanes(target)
         if rows == 1:
+            vnni = self._vnni_gemv(func, target) if layout == "NK" and static else None
+            if vnni is not None:
+                return vnni
             grouped = self._grouped_gemv(func, lanes) if layout == "NK" and static else None
             if grouped is not None:
                 return grouped
@@ -89,6 +92,45 @@ class CPUDequantizeMatmul(ScheduleRule):
                 return self._gemv_outer(sch, lanes)
             return self._gemv_inner(sch, lanes)
         return self._matmul(sch, lanes, layout)
+
+    @staticmethod
+    def _operands(func):
+        """The x, q_weight, q_scale and output buffers of an NK kernel, or None."""
+        if len(func.params) != 4:
+            return None
+        probe = s_tir.Schedule(func)
+        deq_reads = [r.source for r in probe.get(probe.get_sblock("dequantize")).reads]
+        wb = next((b for b in deq_reads if str(b.dtype) == "uint32"), None)
+        sb = next((b for b in deq_reads if str(b.dtype) != "uint32"), None)
+        first = _try_get(probe, "x_f32") or probe.get_sblock("matmul")
+        xb = next((r.source for r in probe.get(first).reads if r.source.name not in ("dequantize", "x_f32")), None)
+        blocks = probe.get_child_blocks(probe.get_sblock("root"))
+        ob = probe.get(blocks[-1]).writes[0].source
+        if wb is None or sb is None or xb is None:
+            return None
+        return xb, wb, sb, ob
+
+    def _vnni_gemv(self, func, target):
+        """Decode GEMV with int8 activations and ``vpdpbusd`` where the CPU has AVX-512 VNNI
+        (``compiler/vnni_gemv.py``) for float16 models; None elsewhere, or when K does not split into
+        8-word vectors."""
+        from tvm.target import codegen
+
+        from mcpm_mobile.compiler import vnni_gemv
+
+        if not codegen.target_has_features(["avx512vnni", "avx512vl", "avx512bw"], target):
+            return None
+        ops = self._operands(func)
+        if ops is None:
+            return None
+        xb, wb, sb, ob = ops
+        k, n = int(xb.shape[-1]), int(ob.shape[-1])
+        # float16 models only: their tolerance absorbs int8 activations; float32 models (q4f32) stay exact
+        if vnni_gemv.block_words(k) is None or str(sb.dtype) != "float16":
+            return None
+        new = vnni_gemv.vnni_gemv(n, k, tuple(int(d) for d in xb.shape[:-1]), str(xb.dtype), str(sb.dtype),
+                                  str(ob.dtype))
+        return s_tir.Schedule(new.with_attrs({k_: v for k_, v in func.attrs.items()}))
 
     def _grouped_gemv(self, func, lanes):
         """Decode GEMV on NK weights with the group scale applied once per word, not once per weight.
@@ -110,18 +152,10 @@ class CPUDequantizeMatmul(ScheduleRule):
         """
         from mcpm_mobile.model.quantized_linear import grouped_gemv_nk
 
-        if len(func.params) != 4:
+        ops = self._operands(func)
+        if ops is None:
             return None
-        probe = s_tir.Schedule(func)
-        deq_reads = [r.source for r in probe.get(probe.get_sblock("dequantize")).reads]
-        wb = next((b for b in deq_reads if str(b.dtype) == "uint32"), None)
-        sb = next((b for b in deq_reads if str(b.dtype) != "uint32"), None)
-        first = _try_get(probe, "x_f32") or probe.get_sblock("matmul")
-        xb = next((r.source for r in probe.get(first).reads if r.source.name not in ("dequantize", "x_f32")), None)
-        blocks = probe.get_child_blocks(probe.get_sblock("root"))
-        ob = probe.get(blocks[-1]).writes[0].source
-        if wb is None or sb is None or xb is None:
-            return None
+        xb, wb, sb, ob = ops
         k = int(xb.shape[-1])
         words = k // 8
         # a vector of `block` words per step; at least two steps (TVM drops unit loops, and the
