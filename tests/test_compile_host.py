@@ -328,7 +328,7 @@ def test_vnni_gemv_kernel(n, k):
     from tvm.target import codegen
 
     from mcpm_mobile.compiler.compile import resolve_target
-    from mcpm_mobile.compiler.vnni_gemv import vnni_gemv
+    from mcpm_mobile.compiler import vnni
     from mcpm_mobile.quantize.group import dequantize_rows
 
     target = resolve_target("host")
@@ -339,7 +339,7 @@ def test_vnni_gemv_kernel(n, k):
     xn[0, 0, :32] = 0  # an all-zero group (scale 0)
     qw = rng.integers(0, 2 ** 32, size=(n, k // 8), dtype=np.uint32)
     qs = (rng.random((n, k // 32)) * 0.1).astype(np.float16)
-    lib = tvm.compile(tvm.IRModule({"main": vnni_gemv(n, k, (1, 1), "float16", "float16", "float32")
+    lib = tvm.compile(tvm.IRModule({"main": vnni.gemv(n, k, (1, 1), "float16", "float16", "float32")
                                     .with_attr("global_symbol", "main")}), target)
     dev = tvm.cpu()
     o = tvm.runtime.tensor(np.zeros((1, 1, n), np.float32), dev)
@@ -348,3 +348,34 @@ def test_vnni_gemv_kernel(n, k):
     got = o.numpy()[0, 0]
     assert rel_err(got, int8_activations(xn[0, 0]) @ full.T) < 1e-5
     assert rel_err(got, xn[0, 0].astype(np.float64) @ full.T) < 1e-2
+
+
+@pytest.mark.parametrize("rows", [1, 6, 13])
+def test_vnni_matmul_kernel(rows):
+    """The AVX-512 VNNI prefill matmul with a symbolic row count (full 6-row blocks and a tail)."""
+    import tvm
+    from tvm.target import codegen
+
+    from mcpm_mobile.compiler import vnni
+    from mcpm_mobile.compiler.compile import resolve_target
+    from mcpm_mobile.quantize.group import dequantize_rows
+
+    target = resolve_target("host")
+    if not codegen.target_has_features(["avx512vnni", "avx512vl", "avx512bw"], target):
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    n, k = 96, 320
+    m = tvm.tirx.Var("m", "int64")
+    lib = tvm.compile(tvm.IRModule({"main": vnni.matmul(n, k, (1, m), "float16", "float16", "float16")
+                                    .with_attr("global_symbol", "main")}), target)
+    rng = np.random.default_rng(rows)
+    xn = rng.standard_normal((1, rows, k)).astype(np.float16)
+    xn[0, 0, 32:64] = 0
+    qw = rng.integers(0, 2 ** 32, size=(n, k // 8), dtype=np.uint32)
+    qs = (rng.random((n, k // 32)) * 0.1).astype(np.float16)
+    dev = tvm.cpu()
+    o = tvm.runtime.tensor(np.zeros((1, rows, n), np.float16), dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in (xn, qw, qs)], o)
+    full = dequantize_rows(qw, qs.astype(np.float32)).astype(np.float64)
+    got = o.numpy()[0].astype(np.float64)
+    assert rel_err(got, int8_activations(xn[0]) @ full.T) < 2e-3  # float16 output
+    assert rel_err(got, xn[0].astype(np.float64) @ full.T) < 1e-2

@@ -81,10 +81,10 @@ class CPUDequantizeMatmul(ScheduleRule):
             e = _extent(sch, lp)
             rows = None if (e is None or rows is None) else rows * e
         lanes = _vector_lanes(target)
+        int8 = self._vnni(func, target, rows == 1) if layout == "NK" else None
+        if int8 is not None:
+            return int8
         if rows == 1:
-            vnni = self._vnni_gemv(func, target) if layout == "NK" and static else None
-            if vnni is not None:
-                return vnni
             grouped = self._grouped_gemv(func, lanes) if layout == "NK" and static else None
             if grouped is not None:
                 return grouped
@@ -110,26 +110,28 @@ class CPUDequantizeMatmul(ScheduleRule):
             return None
         return xb, wb, sb, ob
 
-    def _vnni_gemv(self, func, target):
-        """Decode GEMV with int8 activations and ``vpdpbusd`` where the CPU has AVX-512 VNNI
-        (``compiler/vnni_gemv.py``) for float16 models; None elsewhere, or when K does not split into
-        8-word vectors."""
+    def _vnni(self, func, target, one_row: bool):
+        """The int8-activation kernels of ``compiler/vnni.py`` where the CPU has AVX-512 VNNI, for
+        float16 models (their tolerance absorbs int8 activations; float32 models stay exact); None
+        elsewhere or when the shape does not fit their vector blocks."""
         from tvm.target import codegen
 
-        from mcpm_mobile.compiler import vnni_gemv
+        from mcpm_mobile.compiler import vnni
 
         if not codegen.target_has_features(["avx512vnni", "avx512vl", "avx512bw"], target):
             return None
         ops = self._operands(func)
-        if ops is None:
+        if ops is None or str(ops[2].dtype) != "float16":
             return None
-        xb, wb, sb, ob = ops
+        xb, _, _, ob = ops
         k, n = int(xb.shape[-1]), int(ob.shape[-1])
-        # float16 models only: their tolerance absorbs int8 activations; float32 models (q4f32) stay exact
-        if vnni_gemv.block_words(k) is None or str(sb.dtype) != "float16":
+        lead = tuple(xb.shape[:-1])
+        if one_row and vnni.gemv_block(k) is not None:
+            new = vnni.gemv(n, k, tuple(int(d) for d in lead), str(xb.dtype), "float16", str(ob.dtype))
+        elif not one_row and vnni.matmul_fits(n, k):
+            new = vnni.matmul(n, k, lead, str(xb.dtype), "float16", str(ob.dtype))
+        else:
             return None
-        new = vnni_gemv.vnni_gemv(n, k, tuple(int(d) for d in xb.shape[:-1]), str(xb.dtype), str(sb.dtype),
-                                  str(ob.dtype))
         return s_tir.Schedule(new.with_attrs({k_: v for k_, v in func.attrs.items()}))
 
     def _grouped_gemv(self, func, lanes):
