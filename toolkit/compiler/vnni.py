@@ -60,6 +60,30 @@ def _pack(xq, first):
     return (xq[first] & 255) | ((xq[first + 2] & 255) << 8) | ((xq[first + 4] & 255) << 16) | (xq[first + 6] << 24)
 
 
+def _quantizer(k: int):
+    """A TVMScript macro that quantizes row ``r`` of x [.., k]: per word j, the packed int8 of its even
+    (``xe``) and odd (``xo``) positions and ``xz = -7 * sum`` of its 8 int8; per group g, the scale ``xd``."""
+    words, groups = k // ELEMS_PER_WORD, k // GROUP_SIZE
+
+    @T.macro(hygienic=False)
+    def quantize_row(x, r, xe, xo, xz, xd, xq, amax):
+        for g in range(groups):
+            amax[0] = T.float32(0)
+            for t in range(GROUP_SIZE):
+                amax[0] = T.max(amax[0], T.fabs(T.Cast("float32", x[r * k + g * GROUP_SIZE + t])))
+            for jw in range(WPG):
+                for t in T.unroll(ELEMS_PER_WORD):
+                    xq[t] = T.Cast("int32", T.round(
+                        T.Cast("float32", x[r * k + (g * WPG + jw) * ELEMS_PER_WORD + t])
+                        * T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))))
+                xe[r * words + g * WPG + jw] = _pack(xq, 0)
+                xo[r * words + g * WPG + jw] = _pack(xq, 1)
+                xz[r * words + g * WPG + jw] = (xq[0] + xq[1] + xq[2] + xq[3] + xq[4] + xq[5] + xq[6] + xq[7]) * -7
+            xd[r * groups + g] = amax[0] / T.float32(127)
+
+    return quantize_row
+
+
 def gemv(n: int, k: int, lead: tuple, x_dtype: str, s_dtype: str, out_dtype: str) -> tirx.PrimFunc:
     """Decode: ``out[*lead, n] = x[*lead, k] @ W^T`` for one row of x (W: q_weight [n, k/8], q_scale [n, k/32]).
 
@@ -78,6 +102,7 @@ def gemv(n: int, k: int, lead: tuple, x_dtype: str, s_dtype: str, out_dtype: str
     per_task = -(-n_pad // tasks)
     expand = [j // WPG for j in range(lanes)]
     x_shape, out_shape = (*lead, k), (*lead, n)
+    quantize_row = _quantizer(k)
 
     def vec(buf, start):
         return buf[T.ramp(start, 1, lanes)]
@@ -92,8 +117,8 @@ def gemv(n: int, k: int, lead: tuple, x_dtype: str, s_dtype: str, out_dtype: str
     def step(w, s, xe, xo, xz, xd, row, b):
         lo, hi = _nibbles(w[row, T.ramp(b * lanes, 1, lanes)], lanes)
         dot = _dpbusd(lanes, _dpbusd(lanes, vec(xz, b * lanes), lo, vec(xe, b * lanes)), hi, vec(xo, b * lanes))
-        sw = T.Cast(f"float32x{gps}", s[row, T.ramp(b * gps, 1, gps)])
-        return T.Cast(f"float32x{lanes}", dot) * (T.Shuffle([sw] * 4, expand) * vec(xd, b * lanes))
+        scales = T.Cast(f"float32x{gps}", s[row, T.ramp(b * gps, 1, gps)]) * xd[T.ramp(b * gps, 1, gps)]
+        return T.Cast(f"float32x{lanes}", dot) * T.Shuffle([scales] * 4, expand)
 
     @T.prim_func(private=True, check_well_formed=False)
     def func(x_h: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), s_dtype), o_h: T.handle):
@@ -105,26 +130,14 @@ def gemv(n: int, k: int, lead: tuple, x_dtype: str, s_dtype: str, out_dtype: str
         w_flat = T.decl_buffer((n * words + PREFETCH,), "uint32", data=w.data)  # prefetch addresses only
         xe = T.alloc_buffer((words,), "int32")
         xo = T.alloc_buffer((words,), "int32")
-        xz = T.alloc_buffer((words,), "int32")  # -7 * sum of the word's 8 int8
-        xd = T.alloc_buffer((words,), "float32")  # the scale of the word's group
+        xz = T.alloc_buffer((words,), "int32")
+        xd = T.alloc_buffer((groups,), "float32")
         xq = T.alloc_local((ELEMS_PER_WORD,), "int32")
         amax = T.alloc_local((1,), "float32")
         with T.sblock("root"):
             T.reads()
             T.writes()
-            for g in range(groups):
-                amax[0] = T.float32(0)
-                for t in range(GROUP_SIZE):
-                    amax[0] = T.max(amax[0], T.fabs(T.Cast("float32", x[g * GROUP_SIZE + t])))
-                for jw in range(WPG):
-                    for t in T.unroll(ELEMS_PER_WORD):
-                        xq[t] = T.Cast("int32", T.round(T.Cast("float32", x[(g * WPG + jw) * ELEMS_PER_WORD + t])
-                                                        * T.if_then_else(amax[0] > T.float32(0),
-                                                                         T.float32(127) / amax[0], T.float32(0))))
-                    xe[g * WPG + jw] = _pack(xq, 0)
-                    xo[g * WPG + jw] = _pack(xq, 1)
-                    xz[g * WPG + jw] = (xq[0] + xq[1] + xq[2] + xq[3] + xq[4] + xq[5] + xq[6] + xq[7]) * -7
-                    xd[g * WPG + jw] = amax[0] / T.float32(127)
+            quantize_row(x, 0, xe, xo, xz, xd, xq, amax)
             for task in T.parallel(tasks):
                 acc = T.alloc_local((lanes,), "float32")
                 for i in range(per_task):
@@ -157,6 +170,10 @@ def matmul(n: int, k: int, lead: tuple, x_dtype: str, s_dtype: str, out_dtype: s
     m = reduce(lambda a, b: a * b, lead)
     x_shape, out_shape = (*lead, k), (*lead, n)
     lanes = NT // 2
+    quantize_row = _quantizer(k)
+
+    def group_zero(xz, row, g):
+        return sum(xz[row * words + g * WPG + t] for t in range(WPG))
 
     def bcast(v):
         return T.Broadcast(v, lanes)
@@ -173,7 +190,7 @@ def matmul(n: int, k: int, lead: tuple, x_dtype: str, s_dtype: str, out_dtype: s
         out = T.decl_buffer((m * n,), out_dtype, data=out_in.data)
         xe = T.alloc_buffer((m * words,), "int32")
         xo = T.alloc_buffer((m * words,), "int32")
-        xz = T.alloc_buffer((m * groups,), "int32")  # -7 * sum of the group's int8
+        xz = T.alloc_buffer((m * words,), "int32")
         xd = T.alloc_buffer((m * groups,), "float32")
         with T.sblock("root"):
             T.reads()
@@ -181,22 +198,7 @@ def matmul(n: int, k: int, lead: tuple, x_dtype: str, s_dtype: str, out_dtype: s
             for r in T.parallel(m):
                 xq = T.alloc_local((ELEMS_PER_WORD,), "int32")
                 amax = T.alloc_local((1,), "float32")
-                zsum = T.alloc_local((1,), "int32")
-                for g in range(groups):
-                    amax[0] = T.float32(0)
-                    zsum[0] = 0
-                    for t in range(GROUP_SIZE):
-                        amax[0] = T.max(amax[0], T.fabs(T.Cast("float32", x[r * k + g * GROUP_SIZE + t])))
-                    for jw in range(WPG):
-                        for t in T.unroll(ELEMS_PER_WORD):
-                            xq[t] = T.Cast("int32", T.round(
-                                T.Cast("float32", x[r * k + (g * WPG + jw) * ELEMS_PER_WORD + t])
-                                * T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))))
-                        xe[r * words + g * WPG + jw] = _pack(xq, 0)
-                        xo[r * words + g * WPG + jw] = _pack(xq, 1)
-                        zsum[0] = zsum[0] + xq[0] + xq[1] + xq[2] + xq[3] + xq[4] + xq[5] + xq[6] + xq[7]
-                    xz[r * groups + g] = zsum[0] * -7
-                    xd[r * groups + g] = amax[0] / T.float32(127)
+                quantize_row(x, r, xe, xo, xz, xd, xq, amax)
             for tile in T.parallel(n // NT):
                 wt = T.alloc_buffer((words * NT,), "uint32")
                 st = T.alloc_buffer((groups * NT,), "float32")
@@ -211,7 +213,7 @@ def matmul(n: int, k: int, lead: tuple, x_dtype: str, s_dtype: str, out_dtype: s
                         facc[T.ramp(a * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
                     for g in range(groups):
                         for i, v in T.grid(MT, 2):
-                            iacc[T.ramp((i * 2 + v) * lanes, 1, lanes)] = bcast(xz[T.min(mb * MT + i, m - 1) * groups + g])
+                            iacc[T.ramp((i * 2 + v) * lanes, 1, lanes)] = bcast(group_zero(xz, T.min(mb * MT + i, m - 1), g))
                         for jw in range(WPG):
                             for i in T.unroll(MT):
                                 for v in T.unroll(2):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mcpm_mobile.devices import memory, profiles
 from mcpm_mobile.errors import MCPMError, fail
+from mcpm_mobile.support.jsonio import read_json
 
 GROUP_SIZE = 32  # quantized matrices are padded to whole groups along K (MLC and GGUF alike)
 DEFAULT_PREFILL_CHUNK = 128
@@ -228,7 +229,7 @@ def _from_file(p: Path, quantization: str | None) -> ModelProfile:
     meta_path = p if p.name.endswith("metadata.json") else p.with_name(_library_stem(p.name) + ".metadata.json")
     if not meta_path.is_file():
         raise fail(p, f"no {meta_path.name} beside the library; pass the package or weights directory instead")
-    meta = _read_json(meta_path)
+    meta = read_json(meta_path)
     if not isinstance(meta.get("memory_usage"), dict):
         raise fail(meta_path, "no 'memory_usage' in the library metadata")
     root = p.parent.parent if p.parent.name == "lib" else p.parent
@@ -264,12 +265,12 @@ def _has_lm_head(d: Path) -> bool:
 
     index = d / "model.safetensors.index.json"
     if index.is_file():
-        return "lm_head.weight" in _read_json(index).get("weight_map", {})
+        return "lm_head.weight" in read_json(index).get("weight_map", {})
     return any("lm_head.weight" in safetensors_io.read_header(f) for f in sorted(d.glob("*.safetensors")))
 
 
 def _from_weights_dir(d: Path, metadata: tuple[Path, dict] | None) -> ModelProfile:
-    chat = _read_json(d / CHAT_CONFIG)
+    chat = read_json(d / CHAT_CONFIG)
     quantization = chat.get("quantization")
     if not isinstance(quantization, str):
         raise fail(d / CHAT_CONFIG, "no 'quantization' field")
@@ -280,7 +281,7 @@ def _from_weights_dir(d: Path, metadata: tuple[Path, dict] | None) -> ModelProfi
                                      context_window=context if isinstance(context, int) and context > 0 else None)
     index_path = next((d / n for n in WEIGHTS_INDEXES if (d / n).is_file()), None)
     if index_path:
-        index = _read_json(index_path)
+        index = read_json(index_path)
         try:
             shards = index["records"]
             total = sum(int(s["nbytes"]) for s in shards)
@@ -323,13 +324,3 @@ def _find_metadata(roots: list[Path]) -> tuple[Path, dict] | None:
                 if best is None or size > best[0]:
                     best = (size, f, meta)
     return (best[1], best[2]) if best else None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise fail(path, f"cannot read JSON: {e}")
-    if not isinstance(data, dict):
-        raise fail(path, "expected a JSON object")
-    return data
