@@ -5,7 +5,7 @@ import click
 
 from mcpm_mobile.support.output import output_options
 
-TYPES = ("q4_0", "q8_0", "f16", "f32")
+TYPES = ("q4_0", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "f32")
 FLAVORS = ("minicpm", "openbmb")
 
 
@@ -13,7 +13,8 @@ FLAVORS = ("minicpm", "openbmb")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(path_type=Path), help="GGUF file to write.")
 @click.option("--type", "type_", default="q4_0", show_default=True, type=click.Choice(TYPES),
-              help="Weight type (q4_0 keeps norms f32 and the output matrix q8_0).")
+              help="File type, with llama-quantize's per-tensor mixture (norms f32, the output matrix Q6_K; "
+                   "q4_k_m/q5_k_m: Q6_K for some attn_v and ffn_down layers).")
 @click.option("--flavor", default="minicpm", show_default=True, type=click.Choice(FLAVORS),
               help="minicpm: llama.cpp / LLMFarm; openbmb: OpenBMB's LLMFarm fork (MiniCPM-2B constants only).")
 @click.option("--llmfarm", "llmfarm_dir", type=click.Path(path_type=Path),

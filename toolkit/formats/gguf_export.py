@@ -16,6 +16,8 @@ import gguf
 import numpy as np
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.formats import gguf_kquants
+from mcpm_mobile.formats.gguf_mixture import FILE_TYPES, tensor_type
 from mcpm_mobile.formats.gguf_vocab import Vocab, read_vocab
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
@@ -26,25 +28,28 @@ Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
 
 
-@dataclass(frozen=True)
-class ExportType:
-    weights: Q  # every 2-D weight not named below
-    tied_embedding: Q  # token_embd when it is also the output matrix
-    output: Q  # output.weight of an untied model
-    file_type: FT
-
-
-# q4_0 follows llama-quantize: norms stay f32 and the output matrix (or the tied embedding) gets a
-# better type; llama.cpp picks q6_k there, which the gguf package cannot write, so q8_0.
-TYPES = {
-    "q4_0": ExportType(Q.Q4_0, Q.Q8_0, Q.Q8_0, FT.MOSTLY_Q4_0),
-    "q8_0": ExportType(Q.Q8_0, Q.Q8_0, Q.Q8_0, FT.MOSTLY_Q8_0),
-    "f16": ExportType(Q.F16, Q.F16, Q.F16, FT.MOSTLY_F16),
-    "f32": ExportType(Q.F32, Q.F32, Q.F32, FT.ALL_F32),
-}
+# Quantized file types take llama-quantize's per-tensor types (gguf_mixture): norms stay f32, the output
+# matrix (or the tied embedding) gets Q6_K, the _M mixtures give some attn_v / ffn_down layers Q6_K.
+FLOAT_TYPES = {"f16": (Q.F16, FT.MOSTLY_F16), "f32": (Q.F32, FT.ALL_F32)}
+TYPES = tuple(FILE_TYPES) + tuple(FLOAT_TYPES)
 NORM_TYPE = Q.F32
-TYPE_NAMES = {Q.F32: "f32", Q.F16: "f16", Q.Q8_0: "q8_0", Q.Q4_0: "q4_0"}
 FLOAT_DTYPES = {Q.F32: np.dtype(np.float32), Q.F16: np.dtype(np.float16)}
+K_QUANTS = {Q.Q4_K: "q4_k", Q.Q5_K: "q5_k", Q.Q6_K: "q6_k"}
+
+
+def type_name(qtype: Q) -> str:
+    return qtype.name.lower()
+
+
+def file_type(type: str) -> FT:
+    return FILE_TYPES[type].file_type if type in FILE_TYPES else FLOAT_TYPES[type][1]
+
+
+def quantize(data: np.ndarray, qtype: Q) -> np.ndarray:
+    """Rows of float weights -> GGML bytes: K-quants by our own code, the 32-blocks by the gguf package."""
+    if qtype in K_QUANTS:
+        return gguf_kquants.quantize_rows(data.reshape(-1, data.shape[-1]), K_QUANTS[qtype])
+    return gguf.quants.quantize(data, qtype)
 
 # minicpm: upstream llama.cpp and guinmoon's LLMFarm (arch "minicpm", scales read from the file).
 # openbmb: OpenBMB's LLMFarm fork, whose llama.cpp bakes MiniCPM-2B's scales into arch "llama".
@@ -84,32 +89,37 @@ def llama_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def tensor_plan(config: MiniCPMConfig, type: str = "q4_0") -> list[PlannedTensor]:
     """Every tensor of the GGUF file, in file order."""
-    t = TYPES[type]
     c = config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MINICPM, c.num_hidden_layers)
     h, kv, ff = c.hidden_size, c.num_key_value_heads * c.head_dim, c.intermediate_size
 
-    def planned(hf, shape, qtype, rope_heads=0):
-        return PlannedTensor(names.get_name(hf, try_suffixes=(".weight",)), hf, shape, qtype, rope_heads)
+    def planned(hf, shape, rope_heads=0):
+        name = names.get_name(hf, try_suffixes=(".weight",))
+        if len(shape) == 1:
+            qtype = NORM_TYPE
+        elif type in FLOAT_TYPES:
+            qtype = FLOAT_TYPES[type][0]
+        else:
+            qtype = tensor_type(name, shape[-1], type, c.num_hidden_layers, c.tie_word_embeddings)
+        return PlannedTensor(name, hf, shape, qtype, rope_heads)
 
-    plan = [planned("model.embed_tokens.weight", (c.vocab_size, h),
-                    t.tied_embedding if c.tie_word_embeddings else t.weights)]
+    plan = [planned("model.embed_tokens.weight", (c.vocab_size, h))]
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
         plan += [
-            planned(p + "input_layernorm.weight", (h,), NORM_TYPE),
-            planned(p + "self_attn.q_proj.weight", (h, h), t.weights, c.num_attention_heads),
-            planned(p + "self_attn.k_proj.weight", (kv, h), t.weights, c.num_key_value_heads),
-            planned(p + "self_attn.v_proj.weight", (kv, h), t.weights),
-            planned(p + "self_attn.o_proj.weight", (h, h), t.weights),
-            planned(p + "post_attention_layernorm.weight", (h,), NORM_TYPE),
-            planned(p + "mlp.gate_proj.weight", (ff, h), t.weights),
-            planned(p + "mlp.up_proj.weight", (ff, h), t.weights),
-            planned(p + "mlp.down_proj.weight", (h, ff), t.weights),
+            planned(p + "input_layernorm.weight", (h,)),
+            planned(p + "self_attn.q_proj.weight", (h, h), c.num_attention_heads),
+            planned(p + "self_attn.k_proj.weight", (kv, h), c.num_key_value_heads),
+            planned(p + "self_attn.v_proj.weight", (kv, h)),
+            planned(p + "self_attn.o_proj.weight", (h, h)),
+            planned(p + "post_attention_layernorm.weight", (h,)),
+            planned(p + "mlp.gate_proj.weight", (ff, h)),
+            planned(p + "mlp.up_proj.weight", (ff, h)),
+            planned(p + "mlp.down_proj.weight", (h, ff)),
         ]
-    plan.append(planned("model.norm.weight", (h,), NORM_TYPE))
+    plan.append(planned("model.norm.weight", (h,)))
     if not c.tie_word_embeddings:
-        plan.append(planned("lm_head.weight", (c.vocab_size, h), t.output))
+        plan.append(planned("lm_head.weight", (c.vocab_size, h)))
     return plan
 
 
@@ -139,9 +149,9 @@ def _check(ckpt: Checkpoint, type: str, flavor: str, out_path: Path) -> None:
     c, cfg_path = ckpt.config, ckpt.dir / "config.json"
     if c.head_dim % 2:
         raise fail(cfg_path, f"head_dim {c.head_dim} is odd; RoPE needs an even head dimension")
-    block = gguf.GGML_QUANT_SIZES[TYPES[type].weights][0]
+    block = 32  # q4_0 / q8_0 have no fallback type; K-quants fall back as llama-quantize does
     for key in ("hidden_size", "intermediate_size"):
-        if getattr(c, key) % block:
+        if type in ("q4_0", "q8_0") and getattr(c, key) % block:
             raise fail(cfg_path, f"{key} {getattr(c, key)} is not a multiple of {block}, the {type} block size; "
                                  "use --type f16 or f32")
     if flavor == "openbmb":
@@ -150,7 +160,7 @@ def _check(ckpt: Checkpoint, type: str, flavor: str, out_path: Path) -> None:
 
 def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, type: str, flavor: str, name: str) -> None:
     w.add_name(name)
-    w.add_file_type(int(TYPES[type].file_type))
+    w.add_file_type(int(file_type(type)))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_vocab_size(c.vocab_size)
     w.add_context_length(c.max_position_embeddings)
@@ -221,7 +231,7 @@ def export_gguf(model_dir: Path | str, out_path: Path | str, type: str = "q4_0",
     seconds = time.perf_counter() - start
     size = out_path.stat().st_size
     params = sum(math.prod(t.shape) for t in plan)
-    counts = dict(Counter(TYPE_NAMES[t.qtype] for t in plan))
+    counts = dict(Counter(type_name(t.qtype) for t in plan))
     return {
         "output": str(out_path), "type": type, "flavor": flavor, "arch": FLAVOR_ARCH[flavor], "tensors": len(plan),
         "tensor_types": counts, "params": params, "bytes": size, "bits_per_param": round(8 * size / params, 4),
@@ -233,7 +243,7 @@ def _write_tensor(ckpt: Checkpoint, t: PlannedTensor, fout, advance):
     """Convert ``t`` and append it to ``fout``; yields the number of bytes written per chunk."""
     info = ckpt.tensors[t.source]
     if t.rope_heads:  # a row permutation across the whole matrix: convert it in one piece
-        data = gguf.quants.quantize(llama_permute(ckpt.get(t.source), t.rope_heads), t.qtype)
+        data = quantize(llama_permute(ckpt.get(t.source), t.rope_heads), t.qtype)
         data.tofile(fout)
         advance(info.nbytes)
         yield data.nbytes
@@ -242,7 +252,7 @@ def _write_tensor(ckpt: Checkpoint, t: PlannedTensor, fout, advance):
     step = max(1, ROW_CHUNK_BYTES // (4 * math.prod(t.shape[1:]))) if len(t.shape) > 1 else rows
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        data = gguf.quants.quantize(ckpt.get(t.source, slice(r0, r1)), t.qtype)
+        data = quantize(ckpt.get(t.source, slice(r0, r1)), t.qtype)
         data.tofile(fout)
         advance(info.nbytes * (r1 - r0) // rows)
         yield data.nbytes
