@@ -41,3 +41,6 @@ from mcpm_mobile.targets.cli import build, verify  # noqa: E402
 
 main.add_command(build)
 main.add_command(verify)
+from mcpm_mobile.eval.cli import eval_cmd  # noqa: E402
+
+main.add_command(eval_cmd)
