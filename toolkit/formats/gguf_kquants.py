@@ -2,9 +2,10 @@
 
 Written from the semantics of ggml's reference quantizers (``ggml/src/ggml-quants.c``:
 ``quantize_row_q{4,5,6}_K_ref``, ``make_qkx2_quants``, ``make_qx_quants``), which llama-quantize uses when
-no importance matrix is given, so that a file we write holds (nearly always) the same bytes as llama.cpp's.
-Everything is computed in float32 as ggml does, vectorized over blocks; only the summation order differs
-(numpy's pairwise sums), which moves a rounding decision in rare blocks.
+no importance matrix is given. Every step is float32 in ggml's operation order (sums left to right), vectorized
+across blocks (values down axis 0, blocks across axis 1), so a file we write holds the same bytes as
+llama.cpp's; the tests check this against ggml itself. (A rare near-tie can still go the other way where
+llama.cpp's compiled arithmetic fuses a multiply-add.)
 
 A super-block holds 256 weights (``QK_K``):
 
@@ -30,43 +31,43 @@ def _rint(x: np.ndarray) -> np.ndarray:
 
 
 def _sum(a: np.ndarray) -> np.ndarray:
-    """Sum over the last axis left to right in float32, as ggml's loops do (numpy's pairwise order moves
-    rounding decisions in a few percent of the blocks)."""
-    acc = a[..., 0].astype(F32)
-    for i in range(1, a.shape[-1]):
-        acc = acc + a[..., i]
+    """Sum over the first axis in order, in float32, as ggml's loops do (numpy's pairwise ``sum`` order moves
+    rounding decisions in a few percent of the blocks). Values run down axis 0, blocks across axis 1."""
+    acc = a[0].astype(F32)
+    for row in a[1:]:
+        acc += row
     return acc
 
 
 def fit_scale_min(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
-    """Per row of ``x`` (rows of one sub-block): levels L in 0..nmax, scale s and min m with x ~ s*L - m.
+    """Per column of ``x`` ([values, blocks]): levels L in 0..nmax, scale s and min m with x ~ s*L - m.
 
     Weighted least squares over a sweep of candidate scales (ggml's ``make_qkx2_quants``, squared error):
     start from the min/max grid, then for each trial scale round to levels and refit scale and offset.
     """
     x, w = x.astype(F32, copy=False), w.astype(F32, copy=False)
-    lo = np.minimum(x.min(-1), F32(0))
-    hi = x.max(-1)
+    lo = np.minimum(x.min(0), F32(0))
+    hi = x.max(0)
     span = hi - lo
     flat = span == 0
     span = np.where(flat, F32(1), span)
     sum_w = _sum(w)
     sum_x = _sum(w * x)
     iscale = F32(nmax) / span
-    levels = np.clip(_rint(iscale[:, None] * (x - lo[:, None])), 0, nmax)
+    levels = np.clip(np.rint(iscale * (x - lo)), 0, nmax)  # small integers, exact in float32
     scale = F32(1) / iscale
     offset = lo  # x ~ scale*L + offset, offset <= 0
-    err = _sum(w * np.square(scale[:, None] * levels + offset[:, None] - x))
+    err = _sum(w * np.square(scale * levels + offset - x))
     for step in range(nstep + 1):
         # ggml moves the grid's origin to the best offset found so far, so later trials start from it
         width = hi - offset
         width = np.where(width > 0, width, F32(1))
         trial = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / width
-        cand = np.clip(_rint(trial[:, None] * (x - offset[:, None])), 0, nmax)
-        lf = cand.astype(F32)
-        sum_l = _sum(w * lf)
-        sum_l2 = _sum(w * lf * lf)
-        sum_xl = _sum(w * lf * x)
+        cand = np.clip(np.rint(trial * (x - offset)), 0, nmax)
+        wl = w * cand
+        sum_l = _sum(wl)
+        sum_l2 = _sum(wl * cand)
+        sum_xl = _sum(wl * x)
         det = sum_w * sum_l2 - sum_l * sum_l
         ok = det > 0
         det = np.where(ok, det, F32(1))
@@ -75,34 +76,35 @@ def fit_scale_min(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: 
         pos = m > 0
         s = np.where(pos, sum_xl / np.where(sum_l2 > 0, sum_l2, F32(1)), s)
         m = np.where(pos, F32(0), m)
-        e = _sum(w * np.square(s[:, None] * lf + m[:, None] - x))
+        e = _sum(w * np.square(s * cand + m - x))
         better = ok & (e < err)
-        levels = np.where(better[:, None], cand, levels)
+        levels = np.where(better, cand, levels)
         err = np.where(better, e, err)
         scale = np.where(better, s, scale)
         offset = np.where(better, m, offset)
-    levels = np.where(flat[:, None], 0, levels)
+    levels = np.where(flat, F32(0), levels).astype(np.int32)
     scale = np.where(flat, F32(0), scale)
     return levels, scale.astype(F32), np.where(flat, -lo, -offset).astype(F32)
 
 
 def fit_symmetric(x: np.ndarray, nmax: int):
-    """Per row: levels L in 0..2*nmax-1 and scale s with x ~ s*(L - nmax), weighted by x**2.
+    """Per column of ``x`` ([values, blocks]): levels L in 0..2*nmax-1 and scale s, x ~ s*(L - nmax), weighted
+    by x**2.
 
     ggml's ``make_qx_quants`` with ``rmse_type`` 1: the grid through the largest-magnitude value, then 18
     nearby grids, keeping the one with the best weighted least-squares fit.
     """
     x = x.astype(F32, copy=False)
-    idx = np.abs(x).argmax(-1)  # first occurrence, as ggml's strict ">" scan
-    peak = np.take_along_axis(x, idx[:, None], -1)[:, 0]
+    idx = np.abs(x).argmax(0)  # first occurrence, as ggml's strict ">" scan
+    peak = np.take_along_axis(x, idx[None], 0)[0]
     zero = np.abs(peak) < GROUP_MAX_EPS
     peak = np.where(zero, F32(1), peak)
     w = x * x
+    wx = w * x
 
     def trial(iscale):
-        lv = np.clip(_rint(iscale[:, None] * x), -nmax, nmax - 1)
-        lf = lv.astype(F32)
-        return lv, _sum(w * x * lf), _sum(w * lf * lf)
+        lv = np.clip(np.rint(iscale * x), -nmax, nmax - 1)
+        return lv, _sum(wx * lv), _sum(w * lv * lv)
 
     levels, sumlx, suml2 = trial(F32(-nmax) / peak)
     scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0))
@@ -110,10 +112,10 @@ def fit_symmetric(x: np.ndarray, nmax: int):
     for k in [k for k in range(-9, 10) if k]:
         lv, slx, sl2 = trial(-(F32(nmax) + F32(0.1) * F32(k)) / peak)
         better = (sl2 > 0) & (slx * slx > best * sl2)
-        levels = np.where(better[:, None], lv, levels)
+        levels = np.where(better, lv, levels)
         scale = np.where(better, slx / np.where(sl2 > 0, sl2, F32(1)), scale)
         best = np.where(better, scale * slx, best)
-    levels = np.where(zero[:, None], -nmax, levels) + nmax
+    levels = np.where(zero, F32(-nmax), levels).astype(np.int32) + nmax
     return levels, np.where(zero, F32(0), scale).astype(F32)
 
 
@@ -130,9 +132,10 @@ def _pack_scales_mins(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
 def _quantize_asym(x: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
     """Shared Q4_K/Q5_K math: [n, 256] -> (levels [n, 256], d, dmin, packed scales [n, 12])."""
     n = x.shape[0]
-    sub = x.reshape(n * 8, 32)
+    sub = np.ascontiguousarray(x.reshape(n * 8, 32).T)  # [32, sub-blocks]
     rms = np.sqrt(_sum(sub * sub) / F32(32))
-    levels, scale, mins = fit_scale_min(sub, rms[:, None] + np.abs(sub), nmax, rmin, rdelta, nstep)
+    levels, scale, mins = fit_scale_min(sub, rms + np.abs(sub), nmax, rmin, rdelta, nstep)
+    levels = levels.T
     scale, mins = scale.reshape(n, 8), mins.reshape(n, 8)
     max_scale = np.maximum(scale.max(-1), F32(0))
     max_min = np.maximum(mins.max(-1), F32(0))
@@ -182,8 +185,8 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     """float rows (length a multiple of 256) -> Q6_K bytes [n_blocks, 210]."""
     x = np.ascontiguousarray(x, F32).reshape(-1, QK_K)
     n = x.shape[0]
-    levels, scale = fit_symmetric(x.reshape(n * 16, 16), 32)
-    levels, scale = levels.reshape(n, 16, 16), scale.reshape(n, 16)
+    levels, scale = fit_symmetric(np.ascontiguousarray(x.reshape(n * 16, 16).T), 32)
+    levels, scale = levels.T.reshape(n, 16, 16), scale.reshape(n, 16)
     pick = np.abs(scale).argmax(-1)
     max_scale = np.take_along_axis(scale, pick[:, None], -1)[:, 0]
     zero = np.abs(max_scale) < GROUP_MAX_EPS
