@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DEMO   := build/demo
 JOBS   ?= 2
 
-.PHONY: venv sysdeps demo test bench clean
+.PHONY: venv sysdeps demo test bench eval clean
 
 # Debian packages the OpenCL checks need: clang (OpenCL C -> SPIR) and PoCL (an OpenCL CPU device).
 SYSPKGS := clang pocl-opencl-icd ocl-icd-opencl-dev
@@ -40,6 +40,10 @@ test: sysdeps venv
 
 bench: venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# What INT4 costs: KL divergence / top-1 agreement of every artifact vs the float model (EVAL_ARGS="--shape tiny").
+eval: venv
+	$(BIN)/python bench/eval.py $(EVAL_ARGS)
 
 clean:
 	rm -rf build $(VENV) *.egg-info

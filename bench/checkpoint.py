@@ -20,6 +20,8 @@ from mcpm_mobile.model.tokenizer import sentencepiece_to_tokenizer_json
 SHAPES = {
     "2b": dict(layers=40, hidden=2304, heads=36, intermediate=5760, vocab=122753),
     "small": dict(layers=24, hidden=1024, heads=16, intermediate=2560, vocab=122753),
+    # a smoke-test shape: 2B's vocabulary, rows of 256 and an ffn (640) that K-quants must fall back on
+    "tiny": dict(layers=4, hidden=256, heads=4, intermediate=640, vocab=122753),
 }
 
 
