@@ -45,7 +45,8 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
           context_window: int | None = None, prefill_chunk: int | None = None, model_id: str | None = None,
           app_id: str | None = None, bundle_weights: bool = False, model_url: str | None = None,
           force: bool = False, commercial: bool = False, license_grant: Path | None = None,
-          model_family: str | None = None, check_device: str | None = None, out: Output = Output()) -> dict:
+          model_family: str | None = None, check_device: str | None = None, gguf_type: str = "q4_0",
+          out: Output = Output()) -> dict:
     from mcpm_mobile import licenses
     from mcpm_mobile.targets.android import package as android
 
@@ -55,6 +56,10 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
         raise MCPMError(f"unknown runtime '{runtime}' (choose from {', '.join(RUNTIMES)})")
     if runtime == "onnxruntime" and target != "android":
         raise MCPMError("--runtime onnxruntime packages for --target android only")
+    from mcpm_mobile.formats.gguf_export import TYPES as GGUF_TYPES
+
+    if gguf_type not in GGUF_TYPES:
+        raise fail("--gguf-type", f"unknown '{gguf_type}' (choose from {', '.join(GGUF_TYPES)})")
     if check_device:
         from mcpm_mobile.devices import find_phone
 
@@ -81,7 +86,7 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
             profile_path, profile_quant = model_dir, ONNX_QUANTIZATION
         else:
             layout = _mlc(stage, ckpt, target, quantization, model_id, app_id, bundle_weights, model_url,
-                          context_window, prefill_chunk, out)
+                          context_window, prefill_chunk, out, gguf_type)
             info.update(model_lib=layout["model_lib"], estimated_vram_bytes=layout["vram"])
             if target == "ios":
                 doc = deploy_docs.ios(model_id, layout["model_lib"], layout["gguf"], versions)
@@ -107,7 +112,7 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
 
 def _mlc(stage: Path, ckpt: Checkpoint, target: str, quantization: str, model_id: str, app_id: str,
          bundle_weights: bool, model_url: str | None, context_window: int | None, prefill_chunk: int | None,
-         out: Output) -> dict:
+         out: Output, gguf_type: str = "q4_0") -> dict:
     from mcpm_mobile.compiler.compile import compile_model
     from mcpm_mobile.quantize.convert import quantize_checkpoint
     from mcpm_mobile.targets.android import package as android
@@ -130,7 +135,7 @@ def _mlc(stage: Path, ckpt: Checkpoint, target: str, quantization: str, model_id
     with out.stage("Packaging"):
         if target == "ios":
             layout = ios.package(stage, ckpt.dir, ckpt.config, model_id, lib_name, vram, chat["context_window_size"],
-                                 out=out)
+                                 gguf_type=gguf_type, out=out)
             layout["assets"] = layout["llmfarm"]
         else:
             layout = android.package(stage, target, model_id, lib_name, vram, chat, app_id, bundle_weights, model_url)

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from mcpm_mobile.formats.gguf_cli import TYPES as GGUF_TYPES
 from mcpm_mobile.quantize.group import QUANTIZATIONS
 from mcpm_mobile.support.output import output_options
 from mcpm_mobile.targets.build import RUNTIMES, TARGETS
@@ -26,6 +27,8 @@ from mcpm_mobile.targets.build import RUNTIMES, TARGETS
 @click.option("--license-grant", type=click.Path(path_type=Path), help="Written authorization to record.")
 @click.option("--model-family", help="Licence family, when it cannot be detected from config.json.")
 @click.option("--check-device", help="Fail unless this phone can run the result.")
+@click.option("--gguf-type", default="q4_0", show_default=True, type=click.Choice(GGUF_TYPES),
+              help="--target ios: type of LLMFarm's GGUF (q4_k_m is what LLMFarm users mostly pick).")
 @click.option("--force", is_flag=True, help="Replace an existing DIST/<target>.")
 @output_options
 def build(model_dir, target, dist, out, **options):

@@ -197,3 +197,20 @@ def test_existing_output_needs_force(built, tiny_dir, tmp_path):
     (tmp_path / "android" / "x").write_text("x")
     r = run_cli("build", tiny_dir(), "--target", "android", "--runtime", "onnxruntime", "-o", tmp_path)
     assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_ios_gguf_type_follows_into_llmfarm(tiny_dir, tmp_path):
+    """--gguf-type picks the LLMFarm GGUF's type; its file name and the chat/template settings follow."""
+    import gguf
+
+    r = run_cli("build", tiny_dir("mha_tied"), "--target", "ios", "--gguf-type", "q4_k_m", "-o", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    root, path = tmp_path / "ios", tmp_path / "ios" / s["gguf"]
+    assert path.name.endswith("-q4_k_m.gguf")
+    assert gguf.GGUFReader(path).fields["general.file_type"].contents() == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    chat = json.loads((root / f"llmfarm/chats/{path.stem}.json").read_text())
+    assert chat["model"] == path.name
+    assert run_cli("verify", root).exit_code == 0
+    bad = run_cli("build", tiny_dir("mha_tied"), "--target", "ios", "--gguf-type", "q3_k", "-o", tmp_path / "x")
+    assert bad.exit_code == 2 and "q3_k" in bad.output
