@@ -95,8 +95,7 @@ def main() -> None:
     for t in LLAMA_FTYPES:
         peers[t] = out / f"{shape}-llama-{t}.gguf"
         conv[f"llama.cpp quantize {t} (from f16)"] = llama_quantize(ggufs["f16"], peers[t], t, args.threads)
-    r["conversion"] = {k: {"seconds": v["seconds"], **({"peak_rss_mb": v["peak_rss_mb"]} if "peak_rss_mb" in v else {})}
-                       for k, v in conv.items()}
+    r["conversion"] = {k: {key: v[key] for key in ("seconds", "peak_rss_mb") if key in v} for k, v in conv.items()}
 
     step(f"mcpm-mobile eval: {args.windows} windows of {args.context} tokens")
     cmd = [CLI, "eval", ckpt, "--text", text, "--context", args.context, "--windows", args.windows,
@@ -139,7 +138,8 @@ def render(r: dict) -> str:
         "the quantizers on identical weights, it does not predict a real model's quality loss. "
         f"{e['windows']} windows of {e['context']} tokens, positions {e['scored_positions']} scored "
         f"({f['tokens_scored']} tokens). Float reference: {f['kind']}. Command: `make eval`.", "",
-        "| artifact | KL mean | ± s.e. | KL p99 | KL max | top-1 agree | PPL | eval tok/s |", "|---|---|---|---|---|---|---|---|",
+        "| artifact | KL mean | ± s.e. | KL p99 | KL max | top-1 agree | PPL | eval tok/s |",
+        "|---|---|---|---|---|---|---|---|",
         f"| float (numpy float32) | 0 | | | | 100% | {f['perplexity']:.4g} | {f['tokens_per_s']} |",
     ]
     for name, a in rows.items():

@@ -174,7 +174,8 @@ class ONNXArtifact(Artifact):
                                   f"windows have {context}")
         self.tokenizer = _hf_tokenizer(self.path / "tokenizer.json")
         dec = genai["decoder"]
-        self.layers, self.kv_heads, self.head_dim = dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]
+        self.layers, self.kv_heads = dec["num_hidden_layers"], dec["num_key_value_heads"]
+        self.head_dim = dec["head_size"]
         self.vocab_size = genai["vocab_size"]
         self.kind = "ONNX INT4 (MatMulNBits) in onnxruntime"
         self.label = f"onnx:{self.path.name}"

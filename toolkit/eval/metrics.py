@@ -41,8 +41,8 @@ class Scores:
 
     def summary(self) -> dict:
         nll = np.concatenate(self.nll)
-        s = {"tokens_scored": int(nll.size), "perplexity": float(np.exp(nll.mean())),
-             "seconds": round(self.seconds, 3), "tokens_per_s": round(self.tokens / self.seconds, 2) if self.seconds else None}
+        s = {"tokens_scored": int(nll.size), "perplexity": float(np.exp(nll.mean())), "seconds": round(self.seconds, 3),
+             "tokens_per_s": round(self.tokens / self.seconds, 2) if self.seconds else None}
         if self.kl:
             kl, agree = np.concatenate(self.kl), np.concatenate(self.agree)
             s.update(kl_mean=float(kl.mean()), kl_mean_stderr=float(kl.std(ddof=1) / np.sqrt(kl.size)) if kl.size > 1
