@@ -80,7 +80,8 @@ def main() -> None:
     mlc = []
     for q in ("q4f16_1", "q4f32_1"):
         w, lib = out / f"w-{shape}-{q}", out / f"lib-{shape}-{q}-host.so"
-        conv[f"quantize {q}"] = run_json([CLI, "quantize", ckpt, "-o", w, "--quantization", q, "--force", "--json"], env)
+        conv[f"quantize {q}"] = run_json([CLI, "quantize", ckpt, "-o", w, "--quantization", q, "--force", "--json"],
+                                         env)
         run_json([CLI, "compile", w, "--target", "host", "-o", lib, "--json"], env)
         mlc += ["--mlc", w, lib]
     ggufs = {}
