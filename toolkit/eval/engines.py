@@ -8,7 +8,6 @@ frees it, one artifact at a time.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -122,26 +121,25 @@ class MLCArtifact(Artifact):
     the first half of a window as prefill, then one decode step per scored token, as the phone app runs."""
 
     def __init__(self, weights_dir: Path | str, lib: Path | str, context: int, threads: int):
-        from mcpm_mobile.compiler.compile import read_weights_info
+        from mcpm_mobile.formats.weights import Weights
 
         self.path, self.lib, self.context, self.threads = Path(weights_dir), Path(lib), context, threads
-        info = read_weights_info(self.path)
+        self.weights = Weights.read(self.path)
         if not self.lib.is_file():
             raise fail(self.lib, "model library not found")
         self.tokenizer = _hf_tokenizer(self.path / "tokenizer.json")
-        self.kind = f"MLC {info.quant.name}, TVM host library"
+        self.kind = f"MLC {self.weights.quantization.name}, TVM host library"
         self.label = f"mlc:{self.path.name}"
-        self.vocab_size = info.config.vocab_size
+        self.vocab_size = self.weights.config.vocab_size
         self.engine = None
 
     def encode(self, text):
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def open(self):
-        os.environ["TVM_NUM_THREADS"] = str(self.threads)
         from mcpm_mobile.runtime.engine import Engine
 
-        self.engine = Engine(self.path, self.lib)
+        self.engine = Engine(self.weights, self.lib, threads=self.threads)
         if self.engine.context_window < self.context:
             raise fail(self.lib, f"was compiled for a context window of {self.engine.context_window} tokens; the "
                                  f"evaluation windows have {self.context} (use --context "

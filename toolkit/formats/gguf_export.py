@@ -1,7 +1,7 @@
 """HF MiniCPM checkpoint -> one GGUF file for llama.cpp / LLMFarm, streaming tensor by tensor.
 
 The header, metadata and tensor table are written by the ``gguf`` package; tensor data follows in
-row chunks (quantized with ``gguf.quants``), so memory stays bounded by the largest Q/K matrix or
+row chunks (K-quants by ``gguf_kquants``, the 32-blocks by ``gguf.quants``), so memory stays bounded by the largest Q/K matrix or
 ``ROW_CHUNK_BYTES``, whichever is bigger.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from mcpm_mobile.formats.gguf_mixture import FILE_TYPES, tensor_type
 from mcpm_mobile.formats.gguf_vocab import Vocab, read_vocab
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
+from mcpm_mobile.model.param_map import hf_shapes
 from mcpm_mobile.support.atomic import atomic_file
 from mcpm_mobile.support.output import Output
 
@@ -28,8 +29,9 @@ Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
 
 
-# Quantized file types take llama-quantize's per-tensor types (gguf_mixture): norms stay f32, the output
-# matrix (or the tied embedding) gets Q6_K, the _M mixtures give some attn_v / ffn_down layers Q6_K.
+# The GGUF types (``model.quantization.GGUF_TYPES``). Quantized ones take llama-quantize's per-tensor types
+# (gguf_mixture): norms stay f32, the output matrix (or the tied embedding) gets Q6_K, the _M mixtures give
+# some attn_v / ffn_down layers Q6_K, K-quant rows that are not a multiple of 256 fall back.
 FLOAT_TYPES = {"f16": (Q.F16, FT.MOSTLY_F16), "f32": (Q.F32, FT.ALL_F32)}
 TYPES = tuple(FILE_TYPES) + tuple(FLOAT_TYPES)
 NORM_TYPE = Q.F32
@@ -41,8 +43,8 @@ def type_name(qtype: Q) -> str:
     return qtype.name.lower()
 
 
-def file_type(type: str) -> FT:
-    return FILE_TYPES[type].file_type if type in FILE_TYPES else FLOAT_TYPES[type][1]
+def file_type(weight_type: str) -> FT:
+    return FILE_TYPES[weight_type].file_type if weight_type in FILE_TYPES else FLOAT_TYPES[weight_type][1]
 
 
 def quantize(data: np.ndarray, qtype: Q) -> np.ndarray:
@@ -87,39 +89,22 @@ def llama_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def tensor_plan(config: MiniCPMConfig, type: str = "q4_0") -> list[PlannedTensor]:
-    """Every tensor of the GGUF file, in file order."""
+def tensor_plan(config: MiniCPMConfig, weight_type: str = "q4_0") -> list[PlannedTensor]:
+    """Every tensor of the GGUF file, in file order (the checkpoint's)."""
     c = config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MINICPM, c.num_hidden_layers)
-    h, kv, ff = c.hidden_size, c.num_key_value_heads * c.head_dim, c.intermediate_size
-
-    def planned(hf, shape, rope_heads=0):
+    rope_heads = {"self_attn.q_proj": c.num_attention_heads, "self_attn.k_proj": c.num_key_value_heads}
+    plan = []
+    for hf, shape in hf_shapes(c).items():
         name = names.get_name(hf, try_suffixes=(".weight",))
         if len(shape) == 1:
             qtype = NORM_TYPE
-        elif type in FLOAT_TYPES:
-            qtype = FLOAT_TYPES[type][0]
+        elif weight_type in FLOAT_TYPES:
+            qtype = FLOAT_TYPES[weight_type][0]
         else:
-            qtype = tensor_type(name, shape[-1], type, c.num_hidden_layers, c.tie_word_embeddings)
-        return PlannedTensor(name, hf, shape, qtype, rope_heads)
-
-    plan = [planned("model.embed_tokens.weight", (c.vocab_size, h))]
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-        plan += [
-            planned(p + "input_layernorm.weight", (h,)),
-            planned(p + "self_attn.q_proj.weight", (h, h), c.num_attention_heads),
-            planned(p + "self_attn.k_proj.weight", (kv, h), c.num_key_value_heads),
-            planned(p + "self_attn.v_proj.weight", (kv, h)),
-            planned(p + "self_attn.o_proj.weight", (h, h)),
-            planned(p + "post_attention_layernorm.weight", (h,)),
-            planned(p + "mlp.gate_proj.weight", (ff, h)),
-            planned(p + "mlp.up_proj.weight", (ff, h)),
-            planned(p + "mlp.down_proj.weight", (h, ff)),
-        ]
-    plan.append(planned("model.norm.weight", (h,)))
-    if not c.tie_word_embeddings:
-        plan.append(planned("lm_head.weight", (c.vocab_size, h)))
+            qtype = tensor_type(name, shape[-1], weight_type, c.num_hidden_layers, c.tie_word_embeddings)
+        heads = next((n for part, n in rope_heads.items() if hf.endswith(f".{part}.weight")), 0)
+        plan.append(PlannedTensor(name, hf, shape, qtype, heads))
     return plan
 
 
@@ -137,9 +122,9 @@ def check_openbmb(config: MiniCPMConfig, config_path: Path) -> None:
                                 f"tied); this checkpoint has {', '.join(wrong)}; use --flavor minicpm")
 
 
-def _check(ckpt: Checkpoint, type: str, flavor: str, out_path: Path) -> None:
-    if type not in TYPES:
-        raise fail("--type", f"unknown '{type}' (choose from {', '.join(TYPES)})")
+def _check(ckpt: Checkpoint, weight_type: str, flavor: str, out_path: Path) -> None:
+    if weight_type not in TYPES:
+        raise fail("--type", f"unknown '{weight_type}' (choose from {', '.join(TYPES)})")
     if flavor not in FLAVOR_ARCH:
         raise fail("--flavor", f"unknown '{flavor}' (choose from {', '.join(FLAVOR_ARCH)})")
     if out_path.suffix != ".gguf":
@@ -151,16 +136,16 @@ def _check(ckpt: Checkpoint, type: str, flavor: str, out_path: Path) -> None:
         raise fail(cfg_path, f"head_dim {c.head_dim} is odd; RoPE needs an even head dimension")
     block = 32  # q4_0 / q8_0 have no fallback type; K-quants fall back as llama-quantize does
     for key in ("hidden_size", "intermediate_size"):
-        if type in ("q4_0", "q8_0") and getattr(c, key) % block:
-            raise fail(cfg_path, f"{key} {getattr(c, key)} is not a multiple of {block}, the {type} block size; "
+        if weight_type in ("q4_0", "q8_0") and getattr(c, key) % block:
+            raise fail(cfg_path, f"{key} {getattr(c, key)} is not a multiple of {block}, the {weight_type} block size; "
                                  "use --type f16 or f32")
     if flavor == "openbmb":
         check_openbmb(c, cfg_path)
 
 
-def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, type: str, flavor: str, name: str) -> None:
+def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, weight_type: str, flavor: str, name: str) -> None:
     w.add_name(name)
-    w.add_file_type(int(file_type(type)))
+    w.add_file_type(int(file_type(weight_type)))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_vocab_size(c.vocab_size)
     w.add_context_length(c.max_position_embeddings)
@@ -194,22 +179,22 @@ def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, type: str,
     w.add_chat_template(vocab.chat_template or DEFAULT_CHAT_TEMPLATE)
 
 
-def export_gguf(model_dir: Path | str, out_path: Path | str, type: str = "q4_0", flavor: str = "minicpm",
-                out: Output = Output(), force: bool = False) -> dict:
-    """Write ``model_dir`` as one GGUF file (temp file, renamed at the end). Returns a summary."""
+def export_gguf(ckpt: Checkpoint | Path | str, out_path: Path | str, weight_type: str = "q4_0",
+                flavor: str = "minicpm", out: Output = Output(), force: bool = False) -> dict:
+    """Write the checkpoint as one GGUF file (temp file, renamed at the end). Returns a summary."""
     out_path = Path(out_path)
-    ckpt = Checkpoint(model_dir)
-    _check(ckpt, type, flavor, out_path)
+    ckpt = Checkpoint.of(ckpt)
+    _check(ckpt, weight_type, flavor, out_path)
     if out_path.exists() and not force:
         raise fail(out_path, "exists (use --force to replace it)")
     c = ckpt.config
     vocab = read_vocab(ckpt.dir, c)
-    plan = tensor_plan(c, type)
+    plan = tensor_plan(c, weight_type)
     start = time.perf_counter()
     with atomic_file(out_path) as tmp:
         w = gguf.GGUFWriter(tmp, FLAVOR_ARCH[flavor])
         try:
-            _add_metadata(w, c, vocab, type, flavor, c.name_or_path or ckpt.dir.name)
+            _add_metadata(w, c, vocab, weight_type, flavor, c.name_or_path or ckpt.dir.name)
             for t in plan:
                 if t.qtype in FLOAT_DTYPES:
                     w.add_tensor_info(t.name, t.shape, FLOAT_DTYPES[t.qtype], t.nbytes)
@@ -220,7 +205,7 @@ def export_gguf(model_dir: Path | str, out_path: Path | str, type: str = "q4_0",
             w.write_kv_data_to_file()
             w.write_ti_data_to_file()
             fout = w.fout[0]
-            with out.progress(f"Writing GGUF ({type}, {flavor})", ckpt.weight_bytes) as advance:
+            with out.progress(f"Writing GGUF ({weight_type}, {flavor})", ckpt.weight_bytes) as advance:
                 for t in plan:
                     w.write_padding(fout, fout.tell())  # data offsets are aligned, as gguf's own writer does
                     written = sum(_write_tensor(ckpt, t, fout, advance))
@@ -233,7 +218,7 @@ def export_gguf(model_dir: Path | str, out_path: Path | str, type: str = "q4_0",
     params = sum(math.prod(t.shape) for t in plan)
     counts = dict(Counter(type_name(t.qtype) for t in plan))
     return {
-        "output": str(out_path), "type": type, "flavor": flavor, "arch": FLAVOR_ARCH[flavor], "tensors": len(plan),
+        "output": str(out_path), "type": weight_type, "flavor": flavor, "arch": FLAVOR_ARCH[flavor], "tensors": len(plan),
         "tensor_types": counts, "params": params, "bytes": size, "bits_per_param": round(8 * size / params, 4),
         "input_bytes": ckpt.weight_bytes, "seconds": round(seconds, 3),
     }
