@@ -62,7 +62,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "out")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
+    ap.add_argument("--from-json", type=Path, help="only render (and write) the table of an earlier run's results")
     args = ap.parse_args()
+    if args.from_json:
+        report = render(json.loads(args.from_json.read_text()))
+        print(report)
+        if not args.no_write:
+            write_benchmarks(report)
+        return
     out, shape = args.out, args.shape
     out.mkdir(parents=True, exist_ok=True)
     env = {"TVM_NUM_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads),
@@ -144,20 +151,20 @@ def render(r: dict) -> str:
         f"| float (numpy float32) | 0 | | | | 100% | {f['perplexity']:.4g} | {f['tokens_per_s']} |",
     ]
     for name, a in rows.items():
-        lines.append(f"| {name} | {a['kl_mean']:.5f} | {a['kl_mean_stderr']:.5f} | {a['kl_p99']:.5f} | "
-                     f"{a['kl_max']:.5f} | {a['top1_agreement']:.2%} | {a['perplexity']:.4g} | {a['tokens_per_s']} |")
+        lines.append(f"| {name} | {a['kl_mean']:.3e} | {a['kl_mean_stderr']:.1e} | {a['kl_p99']:.3e} | "
+                     f"{a['kl_max']:.3e} | {a['top1_agreement']:.2%} | {a['perplexity']:.4g} | {a['tokens_per_s']} |")
     ours_q4 = rows.get("mcpm-mobile MLC q4f16_1 (TVM host)")
     llama_q40, llama_km = rows.get("llama.cpp's own Q4_0"), rows.get("llama.cpp's own Q4_K_M")
     ours_km = rows.get("mcpm-mobile GGUF q4_k_m")
     lines += ["", "Targets (issue 19):", ""]
     if ours_q4 and llama_q40:
         ok = ours_q4["kl_mean"] <= llama_q40["kl_mean"]
-        lines.append(f"- our q4f16_1 no worse than llama.cpp's Q4_0 on KL: {ours_q4['kl_mean']:.5f} vs "
-                     f"{llama_q40['kl_mean']:.5f} → **{'met' if ok else 'not met'}**")
+        lines.append(f"- our q4f16_1 no worse than llama.cpp's Q4_0 on KL: {ours_q4['kl_mean']:.3e} vs "
+                     f"{llama_q40['kl_mean']:.3e} → **{'met' if ok else 'not met'}**")
     if ours_km and llama_km:
         d = ours_km["kl_mean"] / llama_km["kl_mean"] - 1
-        lines.append(f"- our q4_k_m within 5 % of llama.cpp's Q4_K_M: {ours_km['kl_mean']:.5f} vs "
-                     f"{llama_km['kl_mean']:.5f} ({d:+.2%}) → **{'met' if abs(d) <= 0.05 else 'not met'}**")
+        lines.append(f"- our q4_k_m within 5 % of llama.cpp's Q4_K_M: {ours_km['kl_mean']:.3e} vs "
+                     f"{llama_km['kl_mean']:.3e} ({d:+.3%}) → **{'met' if abs(d) <= 0.05 else 'not met'}**")
     lines += ["", "| conversion | wall |", "|---|---|"]
     lines += [f"| {k} | {v['seconds']} s |" for k, v in r["conversion"].items()]
     lines += ["", f"`mcpm-mobile eval` itself: {e['seconds']} s, peak RSS {e['peak_rss_mb']:.0f} MB."]
