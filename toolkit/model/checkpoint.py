@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.formats import pytorch_bin as pt
 from mcpm_mobile.formats import safetensors_io as st
 from mcpm_mobile.model.config import MiniCPMConfig
 
 INDEX = "model.safetensors.index.json"
-CONVERT_HINT = ("convert it to safetensors first, e.g. python -c \"from transformers import AutoModelForCausalLM as M; "
-                "M.from_pretrained('DIR', trust_remote_code=True).save_pretrained('DIR', safe_serialization=True)\"")
+BIN_INDEX = "pytorch_model.bin.index.json"
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
@@ -28,9 +28,12 @@ class Checkpoint:
             raise fail(self.dir, "not a directory (expected a Hugging Face checkpoint directory)")
         self.config = MiniCPMConfig.from_file(self.dir / "config.json")
         self.files = self._weight_files()
-        self.tensors: dict[str, st.TensorInfo] = {}
+        self.format = pt if self.files[0].suffix == ".bin" else st
+        self.tensors: dict[str, st.TensorInfo | pt.TensorInfo] = {}
         for f in self.files:
-            for name, info in st.read_header(f).items():
+            for name, info in self.format.read_header(f).items():
+                if name.endswith(IGNORED_SUFFIXES):
+                    continue
                 if name in self.tensors:
                     raise fail(f, f"tensor '{name}' is also in {self.tensors[name].file.name}")
                 self.tensors[name] = info
@@ -39,26 +42,36 @@ class Checkpoint:
         self._check_shapes()
 
     def _weight_files(self) -> list[Path]:
-        index = self.dir / INDEX
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise fail(index, f"cannot read the shard index: {e}")
-            files = sorted({self.dir / v for v in weight_map.values()})
-            for f in files:
-                if not f.is_file():
-                    raise fail(f, f"listed in {INDEX} but missing")
-            return files
-        single = self.dir / "model.safetensors"
-        if single.is_file():
-            return [single]
-        others = sorted(self.dir.glob("*.safetensors"))
-        if others:
-            return others
-        if list(self.dir.glob("pytorch_model*.bin")):
-            raise fail(self.dir, f"only PyTorch .bin weights found; mcpm-mobile reads safetensors: {CONVERT_HINT}")
-        raise fail(self.dir, "no model.safetensors or model.safetensors.index.json found")
+        """Safetensors when present (what Hugging Face loads first), else PyTorch .bin; sharded or single."""
+        for index_name, single, pattern in ((INDEX, "model.safetensors", "*.safetensors"),
+                                            (BIN_INDEX, "pytorch_model.bin", "pytorch_model*.bin")):
+            index = self.dir / index_name
+            if index.is_file():
+                return self._shards(index)
+            if (self.dir / single).is_file():
+                return [self.dir / single]
+            found = sorted(self.dir.glob(pattern))
+            if found:
+                return found
+        raise fail(self.dir, "no weights found (model.safetensors, pytorch_model.bin or a sharded index)")
+
+    def _shards(self, index: Path) -> list[Path]:
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = {str(v) for v in weight_map.values()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise fail(index, f"cannot read the shard index: {type(e).__name__}")
+        files = []
+        for n in sorted(names):
+            f = self.dir / n
+            if "/" in n or "\\" in n or n.startswith("."):
+                raise fail(index, f"shard name '{n}' is not a file in the checkpoint directory")
+            if not f.is_file():
+                raise fail(f, f"listed in {index.name} but missing")
+            files.append(f)
+        if not files:
+            raise fail(index, "the shard index lists no files")
+        return files
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         c = self.config
@@ -90,7 +103,7 @@ class Checkpoint:
     def get(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Tensor ``name`` (optionally a row range) as float32, checked for NaN/Inf."""
         info = self.tensors[name]
-        view = st.load(info)
+        view = self.format.load(info)
         if rows is not None:
             view = view[rows]
         arr = view.astype(np.float32)
@@ -104,9 +117,12 @@ class Checkpoint:
         return sum(self.tensors[n].nbytes for n in self.expected_shapes())
 
     def fingerprint(self) -> str:
-        """sha256 over config.json and the safetensors headers: identifies the checkpoint cheaply."""
+        """sha256 over config.json and the tensor headers (.bin: the pickles): identifies the checkpoint cheaply."""
         h = hashlib.sha256((self.dir / "config.json").read_bytes())
         for f in self.files:
+            if self.format is pt:
+                pt.fingerprint(h, f)
+                continue
             with open(f, "rb") as fh:
                 n = int.from_bytes(fh.read(8), "little")
                 h.update(fh.read(n))
