@@ -201,3 +201,11 @@ def test_shard_index_cannot_point_outside(tmp_path, tiny_dir):
     idx.write_text(json.dumps(data))
     r = run_cli("quantize", d, "-o", tmp_path / "out")
     assert r.exit_code == 2 and "not a file in the checkpoint directory" in r.output
+
+
+def test_device_profile_reads_bin_checkpoints():
+    from mcpm_mobile.devices import model_profile_from_path
+
+    single = model_profile_from_path(DATA / "tiny-single")  # lm_head.weight present (shared storage): untied
+    sharded = model_profile_from_path(DATA / "tiny-sharded")
+    assert single.weight_bytes > sharded.weight_bytes

@@ -261,12 +261,16 @@ def _from_checkpoint(d: Path, quantization: str) -> ModelProfile:
 
 
 def _has_lm_head(d: Path) -> bool:
-    from mcpm_mobile.formats import safetensors_io
+    from mcpm_mobile.formats import pytorch_bin, safetensors_io
 
-    index = d / "model.safetensors.index.json"
-    if index.is_file():
-        return "lm_head.weight" in read_json(index).get("weight_map", {})
-    return any("lm_head.weight" in safetensors_io.read_header(f) for f in sorted(d.glob("*.safetensors")))
+    for index, pattern, reader in (("model.safetensors.index.json", "*.safetensors", safetensors_io),
+                                   ("pytorch_model.bin.index.json", "pytorch_model*.bin", pytorch_bin)):
+        if (d / index).is_file():
+            return "lm_head.weight" in read_json(d / index).get("weight_map", {})
+        files = sorted(d.glob(pattern))
+        if files:
+            return any("lm_head.weight" in reader.read_header(f) for f in files)
+    return False
 
 
 def _from_weights_dir(d: Path, metadata: tuple[Path, dict] | None) -> ModelProfile:
