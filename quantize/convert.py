@@ -12,6 +12,7 @@ from mcpm_mobile.formats import chat_config
 from mcpm_mobile.formats.tensor_cache import TensorCacheWriter
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.param_map import MLCParam, param_plan, stored_shapes
+from mcpm_mobile.model import chat_format
 from mcpm_mobile.model.tokenizer import copy_tokenizer_files, tokenizer_info
 from mcpm_mobile.quantize.group import GROUP_SIZE, QUANTIZATIONS, Quantization, quantize_rows
 from mcpm_mobile.support.atomic import atomic_dir
@@ -39,10 +40,13 @@ def check_group_size(ckpt: Checkpoint, quant: Quantization) -> None:
 
 def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f16_1", force: bool = False,
                         out: Output = Output(), context_window: int | None = None,
-                        prefill_chunk: int | None = None) -> dict:
-    """Quantize ``model_dir`` into ``out_dir`` (written to a temp dir, renamed at the end). Returns a summary."""
+                        prefill_chunk: int | None = None, thinking: bool | None = None) -> dict:
+    """Quantize ``model_dir`` into ``out_dir`` (written to a temp dir, renamed at the end). Returns a summary.
+
+    ``thinking``: MiniCPM4.1's thinking mode in the chat template (None: the template's default, on)."""
     quant = get_quantization(quantization)
     ckpt = Checkpoint(model_dir)
+    fmt = chat_format.detect(ckpt.dir, ckpt.config, thinking)
     check_group_size(ckpt, quant)
     start = time.perf_counter()
     with atomic_dir(Path(out_dir), force=force) as tmp:
@@ -54,7 +58,7 @@ def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f
         files = copy_tokenizer_files(ckpt.dir, tmp)
         generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True)
         cfg = chat_config.build(ckpt.config, quant.name, files, tokenizer_info(tmp / "tokenizer.json"),
-                                generation, context_window, prefill_chunk)
+                                generation, context_window, prefill_chunk, chat_format=fmt)
         (tmp / chat_config.FILENAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
     seconds = time.perf_counter() - start
     meta = index["metadata"]

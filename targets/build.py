@@ -45,7 +45,8 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
           context_window: int | None = None, prefill_chunk: int | None = None, model_id: str | None = None,
           app_id: str | None = None, bundle_weights: bool = False, model_url: str | None = None,
           force: bool = False, commercial: bool = False, license_grant: Path | None = None,
-          model_family: str | None = None, check_device: str | None = None, out: Output = Output()) -> dict:
+          model_family: str | None = None, check_device: str | None = None, thinking: bool | None = None,
+          out: Output = Output()) -> dict:
     from mcpm_mobile import licenses
     from mcpm_mobile.targets.android import package as android
 
@@ -81,7 +82,7 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
             profile_path, profile_quant = model_dir, ONNX_QUANTIZATION
         else:
             layout = _mlc(stage, ckpt, target, quantization, model_id, app_id, bundle_weights, model_url,
-                          context_window, prefill_chunk, out)
+                          context_window, prefill_chunk, out, thinking)
             info.update(model_lib=layout["model_lib"], estimated_vram_bytes=layout["vram"])
             if target == "ios":
                 doc = deploy_docs.ios(model_id, layout["model_lib"], layout["gguf"], versions)
@@ -107,7 +108,7 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
 
 def _mlc(stage: Path, ckpt: Checkpoint, target: str, quantization: str, model_id: str, app_id: str,
          bundle_weights: bool, model_url: str | None, context_window: int | None, prefill_chunk: int | None,
-         out: Output) -> dict:
+         out: Output, thinking: bool | None = None) -> dict:
     from mcpm_mobile.compiler.compile import compile_model
     from mcpm_mobile.quantize.convert import quantize_checkpoint
     from mcpm_mobile.targets.android import package as android
@@ -118,7 +119,7 @@ def _mlc(stage: Path, ckpt: Checkpoint, target: str, quantization: str, model_id
     else:
         weights, lib_dir = stage / model_id, stage / "lib"
     quantize_checkpoint(ckpt.dir, weights, quantization, out=out, context_window=context_window,
-                        prefill_chunk=prefill_chunk)
+                        prefill_chunk=prefill_chunk, thinking=thinking)
     chat = chat_config.read(weights)
     lib_name = model_lib_name(chat, target)
     lib_dir.mkdir(parents=True)
@@ -130,7 +131,7 @@ def _mlc(stage: Path, ckpt: Checkpoint, target: str, quantization: str, model_id
     with out.stage("Packaging"):
         if target == "ios":
             layout = ios.package(stage, ckpt.dir, ckpt.config, model_id, lib_name, vram, chat["context_window_size"],
-                                 out=out)
+                                 out=out, thinking=thinking)
             layout["assets"] = layout["llmfarm"]
         else:
             layout = android.package(stage, target, model_id, lib_name, vram, chat, app_id, bundle_weights, model_url)

@@ -26,6 +26,8 @@ from mcpm_mobile.targets.build import RUNTIMES, TARGETS
 @click.option("--license-grant", type=click.Path(path_type=Path), help="Written authorization to record.")
 @click.option("--model-family", help="Licence family, when it cannot be detected from config.json.")
 @click.option("--check-device", help="Fail unless this phone can run the result.")
+@click.option("--thinking/--no-thinking", default=None,
+              help="MiniCPM4.1's hybrid reasoning in the chat template. [default: the template's, thinking on]")
 @click.option("--force", is_flag=True, help="Replace an existing DIST/<target>.")
 @output_options
 def build(model_dir, target, dist, out, **options):

@@ -21,8 +21,9 @@ def mlc_paths(stage: Path, model_id: str) -> tuple[Path, Path]:
 
 
 def package(stage: Path, model_dir: Path, config: MiniCPMConfig, model_id: str, model_lib: str, vram: int,
-            context: int, gguf_type: str = "q4_0", out: Output = Output()) -> dict:
+            context: int, gguf_type: str = "q4_0", out: Output = Output(), thinking: bool | None = None) -> dict:
     from mcpm_mobile.formats.gguf_export import export_gguf
+    from mcpm_mobile.model import chat_format
     from mcpm_mobile.targets.ios import llmfarm
 
     _, lib_dir = mlc_paths(stage, model_id)
@@ -32,5 +33,6 @@ def package(stage: Path, model_dir: Path, config: MiniCPMConfig, model_id: str, 
     name = model_id.removesuffix("-MLC") + f"-{gguf_type}"
     gguf = stage / LLMFARM / "models" / f"{name}.gguf"
     summary = export_gguf(model_dir, gguf, type=gguf_type, out=out)
-    llmfarm.write_settings(stage / LLMFARM, gguf.name, config, context=context, name=name)
+    fmt = chat_format.detect(model_dir, config, thinking)
+    llmfarm.write_settings(stage / LLMFARM, gguf.name, config, context=context, name=name, chat_format=fmt)
     return {"gguf": str(gguf.relative_to(stage)), "gguf_bytes": summary["bytes"], "llmfarm": LLMFARM}

@@ -20,19 +20,24 @@ FLAVORS = ("minicpm", "openbmb")
               help="Also write LLMFarm's chats/ and model_setting_templates/ JSON for this file into this folder.")
 @click.option("--context", default=2048, show_default=True, type=click.IntRange(min=16),
               help="Context length in the LLMFarm settings (capped at max_position_embeddings).")
+@click.option("--thinking/--no-thinking", default=None,
+              help="MiniCPM4.1's thinking mode in LLMFarm's prompt format. [default: the template's, thinking on]")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @output_options
-def export_gguf_cmd(model_dir, out_path, type_, flavor, llmfarm_dir, context, force, out):
+def export_gguf_cmd(model_dir, out_path, type_, flavor, llmfarm_dir, context, thinking, force, out):
     """Export a MiniCPM checkpoint (HF layout) as one GGUF file for llama.cpp and LLMFarm (iOS)."""
     from mcpm_mobile.formats.gguf_export import export_gguf
-    from mcpm_mobile.model.config import MiniCPMConfig
+    from mcpm_mobile.model import chat_format
+    from mcpm_mobile.model.checkpoint import Checkpoint
     from mcpm_mobile.targets.ios import llmfarm
 
+    config = Checkpoint(model_dir).config
+    fmt = chat_format.detect(Path(model_dir), config, thinking)  # refuse a bad switch before the export
     s = export_gguf(model_dir, out_path, type_, flavor, out, force)
     if llmfarm_dir is not None:
-        config = MiniCPMConfig.from_file(Path(model_dir) / "config.json")
         ctx = min(context, config.max_position_embeddings)
-        s["llmfarm"] = [str(p) for p in llmfarm.write_settings(llmfarm_dir, out_path.name, config, ctx)]
+        s["llmfarm"] = [str(p) for p in llmfarm.write_settings(llmfarm_dir, out_path.name, config, ctx,
+                                                               chat_format=fmt)]
     out.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB, "
                   f"{s['bits_per_param']} bits/param ({s['type']}, arch {s['arch']}), {s['seconds']:.1f} s"
                   + "".join(f"\nWrote {p}" for p in s.get("llmfarm", [])))
