@@ -209,3 +209,27 @@ def test_device_profile_reads_bin_checkpoints():
     single = model_profile_from_path(DATA / "tiny-single")  # lm_head.weight present (shared storage): untied
     sharded = model_profile_from_path(DATA / "tiny-sharded")
     assert single.weight_bytes > sharded.weight_bytes
+
+
+def test_writer_round_trip_and_matches_torch_layout(tmp_path):
+    """Our writer (for stand-ins of .bin releases) against our reader; that real torch.load(weights_only=True)
+    reads its files was checked by hand with torch 2.13 (tests/data/pytorch/make_fixtures.py's environment)."""
+    tensors = {"a": np.arange(12, dtype=np.float32).reshape(3, 4),
+               "b": (np.arange(70000) / 7).astype(ml_dtypes.bfloat16), "c": np.arange(3, dtype=np.float16),
+               "s": np.array(2.5, np.float32)}
+    pytorch_bin.write(tmp_path / "w.bin", tensors)
+    got = pytorch_bin.read_header(tmp_path / "w.bin")
+    assert list(got) == list(tensors)
+    for name, want in tensors.items():
+        arr = pytorch_bin.load(got[name])
+        assert arr.dtype == want.dtype and arr.shape == want.shape
+        np.testing.assert_array_equal(arr, want)
+        assert got[name].storage_begin % 64 == 0  # torch aligns storages; so does the writer
+    # the same globals as a real torch.save archive, and nothing else
+    real = zipfile.ZipFile(DATA / "tiny-single" / "pytorch_model.bin")
+    ours = zipfile.ZipFile(tmp_path / "w.bin")
+    real_pkl = real.read(next(n for n in real.namelist() if n.endswith("data.pkl")))
+    ours_pkl = ours.read("w/data.pkl")
+    import pickletools
+    globals_of = lambda b: {a for op, a, _ in pickletools.genops(b) if op.name == "GLOBAL"}  # noqa: E731
+    assert globals_of(ours_pkl) <= globals_of(real_pkl) | {"torch BFloat16Storage", "torch FloatStorage"}

@@ -218,3 +218,71 @@ def fingerprint(h: "hashlib._Hash", path: Path) -> None:
     with zipfile.ZipFile(path) as zf:
         name = next(n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1)
         h.update(zf.read(name))
+
+
+# --- writer: the same archive layout torch.save writes (used for stand-ins of .bin releases) -------------------
+
+_STORAGE_OF = {dtype: name for name, dtype in STORAGE_DTYPES.items()}
+
+
+def _pickle_state_dict(entries: list[tuple[str, str, tuple[int, ...], int]]) -> bytes:
+    """Protocol-2 pickle of an OrderedDict of ``_rebuild_tensor_v2`` calls, one storage per tensor
+    (``entries``: name, dtype, shape, storage key), with the opcodes torch.save's pickler emits."""
+    def text(s: str) -> bytes:
+        b = s.encode("utf-8")
+        return b"X" + struct.pack("<I", len(b)) + b
+
+    def integer(i: int) -> bytes:
+        if 0 <= i < 256:
+            return b"K" + bytes([i])
+        if 0 <= i < 65536:
+            return b"M" + struct.pack("<H", i)
+        return b"J" + struct.pack("<i", i) if -2**31 <= i < 2**31 else b"\x8a\x08" + struct.pack("<q", i)
+
+    def tup(items: list[bytes]) -> bytes:
+        return (b"(" + b"".join(items) + b"t") if items else b")"
+
+    out = b"\x80\x02ccollections\nOrderedDict\n)R"
+    if entries:
+        out += b"("
+    for name, dtype, shape, key in entries:
+        numel = int(np.prod(shape, dtype=np.int64))
+        strides, acc = [], 1
+        for n in reversed(shape):
+            strides.append(acc)
+            acc *= n
+        strides.reverse()
+        storage = (b"(" + text("storage") + f"ctorch\n{_STORAGE_OF[dtype]}\n".encode() + text(str(key))
+                   + text("cpu") + integer(numel) + b"tQ")
+        out += text(name) + b"ctorch._utils\n_rebuild_tensor_v2\n" + tup([
+            storage, integer(0), tup([integer(n) for n in shape]), tup([integer(s) for s in strides]),
+            b"\x89", b"ccollections\nOrderedDict\n)R"]) + b"R"
+    if entries:
+        out += b"u"
+    return out + b"."
+
+
+def write(path: Path, tensors: dict[str, np.ndarray], root: str | None = None) -> None:
+    """Write ``tensors`` (numpy; bf16 via ml_dtypes) as a ``torch.save`` zip archive: uncompressed members,
+    storages aligned to 64 bytes as torch aligns them."""
+    path = Path(path)
+    root = root or path.stem
+    names = {v: k for k, v in DTYPES.items()}
+    entries = []
+    for i, (name, arr) in enumerate(tensors.items()):
+        if arr.dtype not in names:
+            raise ValueError(f"{name}: dtype {arr.dtype} has no torch storage type")
+        entries.append((name, names[arr.dtype], tuple(arr.shape), i))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        def put(member: str, data: bytes) -> None:
+            info = zipfile.ZipInfo(f"{root}/{member}", date_time=(1980, 1, 1, 0, 0, 0))
+            # pad the local header's extra field so the data starts on a 64-byte boundary
+            offset = zf.fp.tell() + 30 + len(info.filename.encode()) + 4
+            info.extra = struct.pack("<HH", 0xCAFE, -offset % 64) + b"\0" * (-offset % 64)
+            zf.writestr(info, data)
+
+        put("data.pkl", _pickle_state_dict(entries))
+        put("byteorder", b"little")
+        for i, arr in enumerate(tensors.values()):
+            put(f"data/{i}", np.ascontiguousarray(arr).tobytes())
+        put("version", b"3\n")

@@ -103,9 +103,10 @@ class MiniCPMConfig:
                              f"num_key_value_heads {self.num_key_value_heads}")
         if self.hidden_act != "silu":
             raise fail(path, f"hidden_act '{_short(self.hidden_act)}' is not supported (MiniCPM uses silu)")
-        if self.extra.get("rope_scaling"):
-            raise fail(path, f"rope_scaling {self.extra['rope_scaling']} is not supported "
-                             "(MiniCPM 1.x dense uses plain RoPE)")
+        scaling = self.extra.get("rope_scaling")
+        if scaling:
+            kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
+            raise fail(path, f"rope_scaling type '{_short(kind)}' is not supported (plain RoPE only)")
 
 
 def _short(value, limit: int = 40) -> str:
