@@ -222,8 +222,8 @@ def test_host_logits_match_reference(name, standin, tmp_path):
     ref = ReferenceMiniCPM(*dequantized_hf_weights(tmp_path / "w"))
     engine = Engine(tmp_path / "w", tmp_path / "lib.so")
     ids = engine.chat_prompt_ids("你好")
-    assert ids[0] == 1 and engine.decode_text(ids).startswith(
-        "<|im_start|>user" if RELEASES[name].chat != "minicpm" else "<用户>")
+    fmt = chat_format.detect(d, Checkpoint(d).config)
+    assert ids == [1] + engine.encode(fmt.render([("user", "你好")]))  # BOS, then the checkpoint's template
     engine.reset()
     got = engine.prefill(ids)
     want = ref.logits(ids)[-1]
