@@ -248,3 +248,22 @@ def test_build(name, target, standin, tmp_path):
         farm = json.loads(next((tmp_path / "dist" / target).rglob("chats/*.json")).read_text(encoding="utf-8"))
         assert farm["prompt_format"].endswith("<think>\n\n</think>\n\n")
         assert np.all([conv["role_empty_sep"].endswith("</think>\n\n")])
+
+
+@pytest.mark.parametrize("preset,release", [
+    ("minicpm-2b", "MiniCPM-2B-sft-bf16"), ("minicpm-1b", "MiniCPM-1B-sft-bf16"),
+    ("minicpm-2b-128k", "MiniCPM-2B-128k"), ("minicpm4-0.5b", "MiniCPM4-0.5B"), ("minicpm4-8b", "MiniCPM4-8B"),
+    ("minicpm4.1-8b", "MiniCPM4.1-8B"),
+])
+def test_check_presets_have_the_release_dimensions(preset, release):
+    from mcpm_mobile.devices.model_profile import PRESETS, ModelProfile
+
+    c = RELEASES[release].config
+    p = PRESETS[preset]
+    assert (p["vocab_size"], p["hidden_size"], p["num_hidden_layers"], p["num_attention_heads"],
+            p["num_key_value_heads"], p["intermediate_size"], p["max_position_embeddings"]) == (
+        c["vocab_size"], c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
+        c["num_key_value_heads"], c["intermediate_size"], c["max_position_embeddings"])
+    assert ModelProfile.from_preset(preset, "q4f16_1").weight_bytes > 0
+    r = run_cli("check", "Xiaomi 12 Pro", "--preset", preset, "--json")
+    assert r.exit_code in (0, 1), r.output

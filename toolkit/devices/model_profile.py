@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mcpm_mobile.devices import memory, profiles
 from mcpm_mobile.errors import MCPMError, fail
+from mcpm_mobile.model.releases import RELEASES
 from mcpm_mobile.support.jsonio import read_json
 
 GROUP_SIZE = 32  # quantized matrices are padded to whole groups along K (MLC and GGUF alike)
@@ -33,6 +34,10 @@ PRESETS = {
                        num_key_value_heads=8, intermediate_size=3840, tie_word_embeddings=True,
                        max_position_embeddings=4096),
 }
+# The other releases, from their config.json (model/releases.py, sources in docs/checkpoints.md)
+PRESETS.update({name: _release.preset() for name, _release in (
+    ("minicpm-2b-128k", RELEASES["MiniCPM-2B-128k"]), ("minicpm4-0.5b", RELEASES["MiniCPM4-0.5B"]),
+    ("minicpm4-8b", RELEASES["MiniCPM4-8B"]), ("minicpm4.1-8b", RELEASES["MiniCPM4.1-8B"]))})
 
 
 @dataclass(frozen=True)
