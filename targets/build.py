@@ -26,7 +26,9 @@ ONNX_QUANTIZATION = "q4f32_1"  # MatMulNBits block 32 with float32 scales: the s
 
 
 def default_model_id(ckpt: Checkpoint, quantization: str, runtime: str = "mlc") -> str:
-    base = Path(ckpt.config.name_or_path).name or ckpt.dir.resolve().name
+    from mcpm_mobile.model.hub import repo_id_of
+
+    base = Path(ckpt.config.name_or_path or repo_id_of(ckpt.dir) or ckpt.dir.resolve()).name
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "MiniCPM"
     return f"{base}-{quantization}-MLC" if runtime == "mlc" else f"{base}-int4-onnx"
 

@@ -9,7 +9,7 @@ from mcpm_mobile.targets.build import RUNTIMES, TARGETS
 
 
 @click.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", type=click.Path(path_type=Path), metavar="MODEL_DIR|HUB_ID[@REV]")
 @click.option("--target", required=True, type=click.Choice(TARGETS), help="Phone platform to package for.")
 @click.option("-o", "--output", "dist", default=Path("dist"), show_default=True, type=click.Path(path_type=Path),
               help="Writes DIST/<target>/.")
@@ -32,8 +32,10 @@ from mcpm_mobile.targets.build import RUNTIMES, TARGETS
 @output_options
 def build(model_dir, target, dist, out, **options):
     """Quantize, compile and package MODEL_DIR for a phone."""
+    from mcpm_mobile.model.hub import checkpoint_dir
     from mcpm_mobile.targets.build import build as run_build
 
+    model_dir = checkpoint_dir(model_dir, out)
     s = run_build(model_dir, target, dist, out=out, **options)
     lines = [f"Built {s['output']} ({s['files']} files, {s['bytes'] / 1e6:.1f} MB, {s['seconds']:.1f} s)"]
     lines += ["Fit on reference phones:"] + [f"  {v['line']}" for v in s.get("fit", [])]

@@ -10,7 +10,7 @@ FLAVORS = ("minicpm", "openbmb")
 
 
 @click.command("export-gguf")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", type=click.Path(path_type=Path), metavar="MODEL_DIR|HUB_ID[@REV]")
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(path_type=Path), help="GGUF file to write.")
 @click.option("--type", "type_", default="q4_0", show_default=True, type=click.Choice(TYPES),
               help="Weight type (q4_0 keeps norms f32 and the output matrix q8_0).")
@@ -31,6 +31,9 @@ def export_gguf_cmd(model_dir, out_path, type_, flavor, llmfarm_dir, context, th
     from mcpm_mobile.model.checkpoint import Checkpoint
     from mcpm_mobile.targets.ios import llmfarm
 
+    from mcpm_mobile.model.hub import checkpoint_dir
+
+    model_dir = checkpoint_dir(model_dir, out)
     config = Checkpoint(model_dir).config
     fmt = chat_format.detect(Path(model_dir), config, thinking)  # refuse a bad switch before the export
     s = export_gguf(model_dir, out_path, type_, flavor, out, force)

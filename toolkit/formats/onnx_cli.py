@@ -7,7 +7,7 @@ from mcpm_mobile.support.output import output_options
 
 
 @click.command("export-onnx")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", type=click.Path(path_type=Path), metavar="MODEL_DIR|HUB_ID[@REV]")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Directory to write (model.onnx, model.onnx.data, genai_config.json, tokenizer).")
 @click.option("--block-size", default=32, show_default=True, type=int,
@@ -24,6 +24,9 @@ def export_onnx_cmd(model_dir, out_dir, block_size, accuracy_level, context_wind
     """Export a MiniCPM checkpoint (HF layout) to an INT4 ONNX decoder for onnxruntime(-genai)."""
     from mcpm_mobile.formats.onnx_export import export_onnx
 
+    from mcpm_mobile.model.hub import checkpoint_dir
+
+    model_dir = checkpoint_dir(model_dir, out)
     s = export_onnx(model_dir, out_dir, block_size, accuracy_level, force, out, context_window)
     out.result(s, f"Wrote {s['output']}: {s['model']} + {s['bytes'] / 1e6:.1f} MB of INT4 weights "
                   f"(block {s['block_size']}, accuracy level {s['accuracy_level']}), {s['seconds']:.1f} s")

@@ -159,7 +159,9 @@ def resolve(model_dir: Path | str | None = None, family: str | None = None, name
     if model_dir is None:
         raise MCPMError("give a checkpoint directory or a model family")
     config = read_config(model_dir)
-    name = name_hint or Path(model_dir).resolve().name
+    from mcpm_mobile.model.hub import repo_id_of
+
+    name = name_hint or repo_id_of(model_dir) or Path(model_dir).resolve().name
     found, reason = detect_with_reason(config, name)
     declaration = declared.read(Path(model_dir))
     names = [name, str(config.get("_name_or_path") or "")]
