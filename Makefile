@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DEMO   := build/demo
 JOBS   ?= 2
 
-.PHONY: venv sysdeps demo test bench clean
+.PHONY: venv sysdeps demo test bench bench-bin clean
 
 # Debian packages the OpenCL checks need: clang (OpenCL C -> SPIR) and PoCL (an OpenCL CPU device).
 SYSPKGS := clang pocl-opencl-icd ocl-icd-opencl-dev
@@ -40,6 +40,9 @@ test: sysdeps venv
 
 bench: venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-bin: venv
+	$(BIN)/python bench/bin_input.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV) *.egg-info

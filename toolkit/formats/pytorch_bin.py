@@ -263,18 +263,23 @@ def _pickle_state_dict(entries: list[tuple[str, str, tuple[int, ...], int]]) -> 
 
 
 def write(path: Path, tensors: dict[str, np.ndarray], root: str | None = None) -> None:
-    """Write ``tensors`` (numpy; bf16 via ml_dtypes) as a ``torch.save`` zip archive: uncompressed members,
-    storages aligned to 64 bytes as torch aligns them."""
+    """Write ``tensors`` (numpy; bf16 via ml_dtypes) as a ``torch.save`` zip archive."""
+    write_stream(path, {n: (a.shape, a.dtype) for n, a in tensors.items()}, tensors.__getitem__, root)
+
+
+def write_stream(path: Path, specs: dict[str, tuple[tuple, np.dtype]], produce, root: str | None = None) -> None:
+    """Write tensors one at a time as a ``torch.save`` zip archive: ``specs`` gives name -> (shape, dtype),
+    ``produce(name)`` the array. Members are uncompressed and storages aligned to 64 bytes, as torch writes them."""
     path = Path(path)
     root = root or path.stem
     names = {v: k for k, v in DTYPES.items()}
     entries = []
-    for i, (name, arr) in enumerate(tensors.items()):
-        if arr.dtype not in names:
-            raise ValueError(f"{name}: dtype {arr.dtype} has no torch storage type")
-        entries.append((name, names[arr.dtype], tuple(arr.shape), i))
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        def put(member: str, data: bytes) -> None:
+    for i, (name, (shape, dtype)) in enumerate(specs.items()):
+        if np.dtype(dtype) not in names:
+            raise ValueError(f"{name}: dtype {dtype} has no torch storage type")
+        entries.append((name, names[np.dtype(dtype)], tuple(shape), i))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        def put(member: str, data) -> None:
             info = zipfile.ZipInfo(f"{root}/{member}", date_time=(1980, 1, 1, 0, 0, 0))
             # pad the local header's extra field so the data starts on a 64-byte boundary
             offset = zf.fp.tell() + 30 + len(info.filename.encode()) + 4
@@ -283,6 +288,10 @@ def write(path: Path, tensors: dict[str, np.ndarray], root: str | None = None) -
 
         put("data.pkl", _pickle_state_dict(entries))
         put("byteorder", b"little")
-        for i, arr in enumerate(tensors.values()):
-            put(f"data/{i}", np.ascontiguousarray(arr).tobytes())
+        for i, (name, (shape, dtype)) in enumerate(specs.items()):
+            arr = np.asarray(produce(name), dtype=dtype)
+            arr = arr if arr.flags.c_contiguous else arr.copy()  # (ascontiguousarray turns 0-d into 1-d)
+            if arr.shape != tuple(shape):
+                raise ValueError(f"{name}: produced shape {arr.shape}, declared {tuple(shape)}")
+            put(f"data/{i}", memoryview(arr.reshape(-1).view(np.uint8)))
         put("version", b"3\n")
