@@ -267,3 +267,53 @@ def test_check_presets_have_the_release_dimensions(preset, release):
     assert ModelProfile.from_preset(preset, "q4f16_1").weight_bytes > 0
     r = run_cli("check", "Xiaomi 12 Pro", "--preset", preset, "--json")
     assert r.exit_code in (0, 1), r.output
+
+
+# --- llama.cpp and onnxruntime against the numpy reference on release stand-ins ----------------------------
+
+def _reference_inputs(d: Path):
+    from reference_numpy import ReferenceMiniCPM
+
+    ckpt = Checkpoint(d)
+    cfg = json.loads((d / "config.json").read_text())
+    weights = {n: ckpt.get(n) for n in ckpt.expected_shapes()}
+    fmt = chat_format.detect(d, ckpt.config)
+    from tokenizers import Tokenizer
+
+    ids = [1] + Tokenizer.from_file(str(d / "tokenizer.json")).encode(fmt.render(CONVERSATION),
+                                                                       add_special_tokens=False).ids
+    return ReferenceMiniCPM(cfg, weights), cfg, ids, fmt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MiniCPM-2B-128k", "MiniCPM4.1-8B"])
+def test_llamacpp_matches_reference(name, standin, tmp_path):
+    from test_llamacpp import llama, llama_logits
+    from mcpm_mobile.formats.gguf_export import export_gguf
+
+    d = standin(name)
+    ref, cfg, ids, fmt = _reference_inputs(d)
+    path = export_gguf(d, tmp_path / "m.gguf", "f32")["output"]
+    want = ref.logits(ids)
+    got = llama_logits(path, ids)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    with llama(path) as llm:  # llama.cpp tokenizes the ChatML prompt as we do (<|im_start|> is one token)
+        text = fmt.render(CONVERSATION)
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MiniCPM-2B-sft-fp32", "MiniCPM4-8B"])
+def test_onnxruntime_matches_reference(name, standin, tmp_path):
+    from reference_numpy import ReferenceMiniCPM
+    from test_onnx import OrtDecoder, _hf_weights
+
+    d = standin(name)
+    _, cfg, ids, _ = _reference_inputs(d)
+    r = run_cli("export-onnx", d, "-o", tmp_path / "onnx", "--accuracy-level", "1")  # fp32 compute: exact math
+    assert r.exit_code == 0, r.output
+    ref = ReferenceMiniCPM(cfg, _hf_weights(tmp_path / "onnx", cfg))
+    got = OrtDecoder(tmp_path / "onnx", cfg).step(ids)
+    want = ref.logits(ids)
+    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+    assert np.array_equal(got.argmax(-1), want.argmax(-1))
