@@ -140,9 +140,16 @@ def test_license_the_checkpoint_declares(name, family, conflict, standin, tmp_pa
     terms = licenses.resolve(model_dir=standin(name))
     assert terms["family"] == family
     assert bool(terms.get("declaration_conflict")) == conflict
-    if conflict:  # MiniCPM-1B's card says apache-2.0; the registry's GML applied, and the notice says so
-        assert "General Model License" in terms["declaration_conflict"]
-        assert "registry's terms were applied (to --commercial too)" in terms["declaration_conflict"]
+    if conflict:  # MiniCPM-1B's card says apache-2.0; the registry's GML applied, and every output says so
+        note = terms["declaration_conflict"]
+        assert "declares 'apache-2.0'" in note and "General Model License" in note
+        assert "registry's terms were applied (to --commercial too)" in note
+        assert note in licenses.short_notice(terms) and licenses.license_record(terms)["declaration_conflict"] == note
+        with pytest.raises(Exception) as e:  # --commercial without a grant: the GML gate, explained
+            licenses.check_commercial(terms)
+        assert note in str(e.value) and "cpm@modelbest.cn" in str(e.value)
+        licenses.write_notices(tmp_path, terms)
+        assert note in (tmp_path / "NOTICE.md").read_text(encoding="utf-8")
     if family == "minicpm4":
         assert licenses.check_commercial(terms)["commercial"] == "allowed"
 
@@ -224,6 +231,13 @@ def test_host_logits_match_reference(name, standin, tmp_path):
     ids = engine.chat_prompt_ids("你好")
     fmt = chat_format.detect(d, Checkpoint(d).config)
     assert ids == [1] + engine.encode(fmt.render([("user", "你好")]))  # BOS, then the checkpoint's template
+    # a second turn continues the cache (which holds the answer without its stop token) exactly as the
+    # template renders the whole conversation
+    first, answer = fmt.render([("user", "你好")]), "Hi."
+    whole = fmt.render([("user", "你好"), ("assistant", answer), ("user", "2+2?")])
+    assert whole.startswith(first + answer)
+    assert engine.decode_text(engine.chat_prompt_ids("2+2?", first_turn=False)) == engine.decode_text(
+        engine.encode(whole[len(first + answer):]))
     engine.reset()
     got = engine.prefill(ids)
     want = ref.logits(ids)[-1]
