@@ -124,10 +124,6 @@ def _member_data_offset(path: Path, fh, info: zipfile.ZipInfo, size: int) -> int
     return begin
 
 
-def is_legacy(path: Path) -> bool:
-    return not zipfile.is_zipfile(path)
-
-
 def read_header(path: Path) -> dict[str, TensorInfo]:
     """Index every tensor of one ``torch.save`` file; raise a one-line error if it is not a plain state dict."""
     path = Path(path)
@@ -162,8 +158,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
                                          f"its header says {need}")
                     storages[s.key] = (s, _member_data_offset(path, fh, m, size))
                 stored, begin = storages[s.key]
-                if stored.dtype != s.dtype:
-                    raise fail(path, f"tensor '{name}': storage {s.key} is used as both {stored.dtype} and {s.dtype}")
+                if (stored.dtype, stored.numel) != (s.dtype, s.numel):
+                    raise fail(path, f"tensor '{name}': storage {s.key} is declared twice, differently")
                 _check_extent(path, name, t)
                 out[name] = TensorInfo(name, path, s.dtype, t.shape, begin, t.offset, t.strides, s.numel)
             return out
