@@ -76,6 +76,10 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
     dest = Path(dist) / target
     info = {"target": target, "runtime": runtime, "model_id": model_id, "quantization": quantization,
             "source": {"path": str(Path(model_dir).resolve()), "sha256": ckpt.fingerprint()}, "license": record}
+    from mcpm_mobile.model.hub import repo_id_of
+
+    if repo_id_of(model_dir):  # from the Hugging Face cache: the repo and the commit it was fetched at
+        info["source"]["hub"] = {"repo": repo_id_of(model_dir), "commit": Path(model_dir).resolve().name}
     versions = manifest.tool_versions()
     with atomic_dir(dest, force=force) as stage:
         if runtime == "onnxruntime":

@@ -134,3 +134,4 @@ def test_build_from_hub_id(repos, tmp_path):
     manifest = json.loads((tmp_path / "dist" / "android" / "manifest.json").read_text())
     assert manifest["license"]["family"] == "minicpm4" and manifest["license"]["license"] == "Apache-2.0"
     assert manifest["model_id"].startswith("MiniCPM4-0.5B-")  # named after the repo, not the snapshot hash
+    assert manifest["source"]["hub"] == {"repo": REPO, "commit": server.sha[REPO]}
