@@ -27,7 +27,7 @@ CLI = Path(sys.executable).parent / "mcpm-mobile"
 
 def bin_twin(ckpt: Path, out: Path) -> Path:
     """``out``: the files of ``ckpt`` with its safetensors weights rewritten as ``pytorch_model.bin``."""
-    from mcpm_mobile.formats import pytorch_bin, safetensors_io
+    from mcpm_mobile.support import pytorch_bin, safetensors_io
 
     if (out / "pytorch_model.bin").is_file():
         return out

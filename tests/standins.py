@@ -20,7 +20,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from mcpm_mobile.formats import pytorch_bin, safetensors_io
+from mcpm_mobile.support import pytorch_bin, safetensors_io
 from mcpm_mobile.model.releases import LONGROPE as LONGROPE_TYPE
 from mcpm_mobile.model.releases import RELEASES, Release
 from mcpm_mobile.model.tiny import CHAT_TEMPLATE, random_weights, train_tokenizer

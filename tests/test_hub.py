@@ -15,7 +15,7 @@ import pytest
 
 from hub_server import HubServer
 from standins import write_standin
-from mcpm_mobile.formats import safetensors_io
+from mcpm_mobile.support import safetensors_io
 from mcpm_mobile.model import hub
 
 REPO = "openbmb/MiniCPM4-0.5B"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mcpm_mobile.errors import MCPMError
-from mcpm_mobile.formats import pytorch_bin
+from mcpm_mobile.support import pytorch_bin
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.tiny import random_weights, tiny_config
 
@@ -103,7 +103,7 @@ def _bin_checkpoint(tmp_path: Path, tiny_dir, which: str = "tiny-single") -> Pat
 
 def _twin_safetensors(tmp_path: Path, src: Path) -> Path:
     """The same weights and files as ``src``, as model.safetensors (written by our own writer)."""
-    from mcpm_mobile.formats import safetensors_io
+    from mcpm_mobile.support import safetensors_io
 
     d = tmp_path / (src.name + "-st")
     shutil.copytree(src, d, ignore=shutil.ignore_patterns("*.bin", "*.bin.index.json"))

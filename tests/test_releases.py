@@ -12,7 +12,6 @@ from gguf import GGUFReader
 
 from conftest import run_cli
 from standins import LONGROPE, standin_config, write_standin
-from mcpm_mobile.formats.chat_config import render_prompt
 from mcpm_mobile.model import chat_format
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.releases import RELEASES
@@ -32,6 +31,23 @@ def standin(tmp_path_factory):
         return made[name]
 
     return get
+
+
+def render_prompt(chat_config: dict, messages) -> str:
+    """The prompt MLC builds from ``conv_template`` (mlc-llm python/mlc_llm/protocol/conversation_protocol.py,
+    ``Conversation.as_prompt``), ending with the assistant role and ``role_empty_sep``."""
+    t = chat_config["conv_template"]
+    seps = t["seps"] if len(t["seps"]) == 2 else t["seps"] * 2
+    system = t["system_template"].replace("{system_message}", t["system_message"])
+    text = system
+    for i, (role, content) in enumerate(list(messages) + [("assistant", None)]):
+        if content is None:
+            text += t["roles"][role] + t["role_empty_sep"]
+            continue
+        prefix = "" if not t["add_role_after_system_message"] and system and i == 0 else \
+            t["roles"][role] + t["role_content_sep"]
+        text += prefix + t["role_templates"][role].replace("{" + role + "_message}", content) + seps[role == "assistant"]
+    return text
 
 
 def _checkpoint_render(model_dir: Path, messages, **kwargs) -> str:
@@ -270,7 +286,7 @@ def test_build(name, target, standin, tmp_path):
     ("minicpm4.1-8b", "MiniCPM4.1-8B"),
 ])
 def test_check_presets_have_the_release_dimensions(preset, release):
-    from mcpm_mobile.devices.model_profile import PRESETS, ModelProfile
+    from mcpm_mobile.devices.model_profile import MODEL_PRESETS as PRESETS, ModelProfile
 
     c = RELEASES[release].config
     p = PRESETS[preset]
