@@ -245,8 +245,9 @@ def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
     for label, key in [("Leave-one-source-out", "leave_one_source_out"), ("In sample", "in_sample")]:
         e = s[key]
         console.print(f"{label}: {e['inside']} of {e['rows']} measured rows ({e['inside_share']:.0%}) inside the "
-                      f"range shown; centre error median {e['median_abs_error']:.0%}, mean {e['mean_abs_error']:.0%}, "
-                      f"max {e['max_abs_error']:.0%} ({s['sources']} sources)", highlight=False)
+                      f"range shown (median range high/low {e['median_range_ratio']:.1f}x); centre error median "
+                      f"{e['median_abs_error']:.0%}, mean {e['mean_abs_error']:.0%}, max {e['max_abs_error']:.0%} "
+                      f"({s['sources']} sources)", highlight=False)
     if s["outside_loso"]:
         console.print("Outside the range shown without their source: " + ", ".join(s["outside_loso"]),
                       highlight=False, style="dim")

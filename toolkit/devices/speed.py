@@ -215,8 +215,10 @@ def _judge(eff: Efficiency | None, p: Point) -> dict:
 
 def _errors(judged: list[dict]) -> dict:
     errors = [j["error"] for j in judged if j["error"] is not None]
+    widths = [j["high"] / j["low"] for j in judged if j["low"]]
     out = {"rows": len(judged), "inside": sum(j["inside"] for j in judged),
-           "inside_share": sum(j["inside"] for j in judged) / len(judged) if judged else None}
+           "inside_share": sum(j["inside"] for j in judged) / len(judged) if judged else None,
+           "median_range_ratio": statistics.median(widths) if widths else None}
     if errors:
         absolute = [abs(e) for e in errors]
         out.update(mean_abs_error=statistics.fmean(absolute), median_abs_error=statistics.median(absolute),
