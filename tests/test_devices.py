@@ -1,5 +1,6 @@
 """Device profiles: data, memory verdicts, the speed model and its calibration, name lookup, CLI and plot."""
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -80,6 +81,11 @@ def test_issue_17_data_errors_are_fixed():
              "genie-3b-8elite": 23.47, "genie-3b-8elite-gen5": 29.48}
     assert {k: rows[k].decode_tps for k in cited} == cited
     assert rows["minicpmv-paper-8g3"].bandwidth_gbs == rows["minicpmv-paper-d9300"].bandwidth_gbs == 76.8
+    # Bandwidth is the SoC maximum unless the phone's own memory speed is recorded, and the answer says which.
+    xiaomi14 = table["xiaomi-14"]
+    assert xiaomi14.bandwidth_gbs == 76.8 and "not recorded" in xiaomi14.bandwidth_basis
+    slower = dataclasses.replace(xiaomi14, memory_mts=8533)
+    assert slower.bandwidth_gbs == 68.3 and "as shipped" in slower.bandwidth_basis
 
 
 def test_every_readme_row_is_kept_with_its_measurement():

@@ -313,6 +313,7 @@ def check_text(v: Verdict) -> str:
     short = min(speed.decode_context(), m.context)
     apk = {True: ", installs APKs", False: ", installs no APKs"}.get(p.installs_apk, "")
     lines = [f"{p.name} — {p.os_label}{apk}, {p.soc.name}, {p.ram_gb:g} GB {p.ram_type}, {p.bandwidth_gbs:g} GB/s peak",
+             f"Bandwidth: {p.bandwidth_basis}",
              f"Model: {prof.describe()}, context {m.context} tokens", "", "Memory"]
     rows = [("weights", m.weights, prof.weight_source),
             (f"KV cache ({m.context} tokens)", m.kv_cache,

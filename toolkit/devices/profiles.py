@@ -96,6 +96,7 @@ class Phone:
     installs_apk: bool | None = None  # HarmonyOS NEXT: False
     model: str | None = None  # regional variants of one model share this key
     variant: str = ""
+    memory_mts: int | None = None  # the phone's own memory speed where a source gives it (else the SoC's)
 
     @property
     def ram_bytes(self) -> int:
@@ -103,11 +104,22 @@ class Phone:
 
     @property
     def memory(self) -> MemoryOption:
-        return self.soc.memory_option(self.ram_type)
+        option = self.soc.memory_option(self.ram_type)
+        if self.memory_mts and self.memory_mts != option.mts:
+            return MemoryOption(option.type, self.memory_mts, option.bus_bits,
+                                round(option.bus_bits / 8 * self.memory_mts / 1000, 1))
+        return option
 
     @property
     def bandwidth_gbs(self) -> float:
         return self.memory.peak_gbs
+
+    @property
+    def bandwidth_basis(self) -> str:
+        if self.memory_mts:
+            return f"{self.memory.type}-{self.memory.mts} as shipped in this phone"
+        return (f"{self.memory.type}-{self.memory.mts}, the fastest the {self.soc.name} supports with this memory "
+                "type; the phone's own memory speed is not recorded")
 
     @property
     def os_label(self) -> str:
@@ -197,7 +209,7 @@ def phones() -> dict[str, Phone]:
             ram_variants_gb=tuple(p.get("ram_variants_gb", ())), readme_name=p.get("readme_name"),
             corrections=tuple(p.get("corrections", ())), unverified=tuple(p.get("unverified", ())),
             note=p.get("note", ""), installs_apk=p.get("installs_apk"), model=p.get("model"),
-            variant=p.get("variant", ""))
+            variant=p.get("variant", ""), memory_mts=p.get("memory_mts"))
     return out
 
 

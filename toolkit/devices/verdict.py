@@ -88,7 +88,8 @@ class Verdict:
         return {
             "phone": p.name, "id": p.id, "os": p.os, "os_version": p.os_version, "installs_apk": p.installs_apk,
             "variant": p.variant, "unverified": list(p.unverified), "soc": p.soc.name,
-            "ram_gb": p.ram_gb, "ram_type": p.ram_type, "bandwidth_gbs": p.bandwidth_gbs, "year": p.year,
+            "ram_gb": p.ram_gb, "ram_type": p.ram_type, "bandwidth_gbs": p.bandwidth_gbs,
+            "bandwidth_basis": p.bandwidth_basis, "year": p.year,
             "model": self.profile.name, "quantization": self.profile.quantization, "context": m.context,
             "status": self.status, "fits": self.fits,
             "memory": {"weights": m.weights, "kv_cache": m.kv_cache, "workspace": m.workspace,
