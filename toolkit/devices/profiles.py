@@ -334,7 +334,11 @@ def find_phones(name: str) -> list[Phone]:
         raise MCPMError(f"'{name}' matches several phones: {names}; use the full name")
     near = same_family(name)
     hint = f"; phones of that family: {', '.join(near)}" if near else ""
-    raise MCPMError(f"unknown phone '{name}'{hint}; `mcpm-mobile devices` lists the known phones, {SOC_HINT}")
+    by_name = {p.name: p for p in phones().values()}
+    newest = max((by_name[n] for n in near), key=lambda p: p.year, default=None)
+    soc_hint = (f'or ask by chip and memory: mcpm-mobile check --soc "{newest.soc.name}" --ram {newest.ram_gb:g}'
+                if newest else SOC_HINT)
+    raise MCPMError(f"unknown phone '{name}'{hint}; `mcpm-mobile devices` lists the known phones, {soc_hint}")
 
 
 def find_phone(name: str) -> Phone:
