@@ -12,7 +12,7 @@ from mcpm_mobile.devices import (ModelProfile, check_device, evaluate, fit_repor
                                  model_profile_from_path, reference_phones, require_fit)
 from mcpm_mobile.devices import memory, profiles, speed
 from mcpm_mobile.devices.cli import check, check_text, devices
-from mcpm_mobile.devices.model_profile import Arch
+from mcpm_mobile.devices.model_profile import PRESETS, Arch
 from mcpm_mobile.errors import MCPMError
 
 GIB = 1 << 30
@@ -155,6 +155,18 @@ def test_preset_bytes_match_a_hand_computation(two_b):
     one_b = ModelProfile.from_preset("minicpm-1b")
     assert one_b.kv_bytes_per_token == 52 * 2 * 8 * 64 * 2
     assert ModelProfile.from_preset("minicpm-2b", "q0f16").weight_bytes == pytest.approx(2 * 2.7246e9, rel=1e-3)
+
+
+def test_minicpm4_presets_from_their_configs():
+    p8 = ModelProfile.from_preset("minicpm4-8b")
+    assert p8.kv_bytes_per_token == 32 * 2 * 2 * 128 * 2  # GQA: 2 KV heads of 128
+    assert p8.arch.head_dim == 128 and p8.max_context == 32768
+    untied = q4f16_1_bytes(73448, 4096)
+    assert p8.weight_bytes - p8.weights_read_bytes == untied  # the input table is not read per token
+    assert 4.3e9 < p8.weight_bytes < 4.7e9
+    assert any("not confirmed" in n and "tie_word_embeddings" in n for n in p8.notes)
+    assert ModelProfile.from_preset("minicpm4.1-8b").weight_bytes == p8.weight_bytes
+    assert "minicpm4-0.5b" not in PRESETS  # no stored source gives its config.json
 
 
 def test_verdicts_for_known_phones(two_b):
@@ -463,6 +475,29 @@ def test_devices_filters_and_formats():
     assert table.exit_code == 0 and "Xiaomi 12 Pro" in table.output and "iPhone" not in table.output
     assert runner.invoke(devices, ["--csv", "--json"]).exit_code == 2
     assert runner.invoke(devices, ["--os", "windows"]).exit_code == 2
+
+
+def test_plot_draws_ranges_not_points():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from mcpm_mobile.devices import plot
+
+    cal = speed.calibration()
+    rows = plot.speed_rows(cal)
+    fig, ax = plt.subplots()
+    try:
+        plot._speed_panel(ax, rows, cal.summary)
+        bars = [b for b in ax.patches if b.get_height() < 0.5]  # the range bars (roofline bars are taller)
+        spans = sorted((round(b.get_x(), 6), round(b.get_x() + b.get_width(), 6)) for b in bars)
+        expected = sorted((round(r["loso_low"], 6), round(r["loso_high"], 6)) for r in rows if r["loso_low"] is not None)
+        assert spans == expected and all(high > low for low, high in spans)
+        lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 2]  # in-sample ranges
+        assert len(lines) == sum(r["in_sample_low"] is not None for r in rows)
+    finally:
+        plt.close(fig)
 
 
 def test_plot_is_a_sensible_png(tmp_path):
