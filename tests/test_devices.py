@@ -286,6 +286,10 @@ def test_runtime_backend_rules(two_b):
     assert speed.predict(two_b, profiles.find_phone("Galaxy S24 Exynos"), 256).efficiency.extrapolated
     next_ = evaluate(two_b, profiles.find_phone("Mate 70 Pro"))
     assert next_.speed.backend is None and any("installs no APKs" in n for n in next_.notes)
+    assert next_.status == "no runtime" and not next_.fits and "installs no APKs" in next_.line()
+    r = CliRunner().invoke(check, ["mate70pro"])
+    assert r.exit_code == 1 and "NO RUNTIME" in r.output
+    assert evaluate(two_b, profiles.find_phone("Pura 70")).fits  # HarmonyOS 4.2 installs APKs
 
 
 def test_models_outside_the_calibrated_range_get_no_speed():

@@ -18,7 +18,7 @@ from mcpm_mobile.errors import MCPMError
 from mcpm_mobile.quantize.group import QUANTIZATIONS
 from mcpm_mobile.support.output import output_options
 
-STATUS_STYLE = {"fits": "green", "tight": "yellow", "does not fit": "red"}
+STATUS_STYLE = {"fits": "green", "tight": "yellow", "does not fit": "red", "no runtime": "red"}
 
 
 def model_options(func):
@@ -276,7 +276,8 @@ def check(ctx, name, soc_name, ram, os_name, profile, context, runtime, no_entit
     not in the table give --soc and --ram instead.
 
     Exit codes: 0 the model fits (or is tight) at the context asked (every variant); 1 it does not fit
-    (the answer gives the largest context that does); 2 bad input: unknown or ambiguous name or chip,
+    (the answer gives the largest context that does) or the runtime cannot run on the phone (an APK on
+    HarmonyOS NEXT); 2 bad input: unknown or ambiguous name or chip,
     a RAM size the phone is not sold with, an unreadable model.
     """
     phones = _phones_for(name, soc_name, ram, os_name)
@@ -328,7 +329,9 @@ def check_text(v: Verdict) -> str:
     lines.append(f"  {'margin':24s} {_size(m.margin, sign=True):>10s}")
     limit = " (the model's training context)" if m.max_context_limited_by_model else ""
     lines.append(f"  verdict: {v.status.upper()}; largest context that fits: {m.max_context} tokens{limit}")
-    if not v.fits and m.max_context >= 1:
+    if v.status == "no runtime":
+        lines.append(f"  {s.note}")
+    elif not v.fits and m.max_context >= 1:
         lines.append(f"  fits at {m.max_context} tokens or fewer: pass --context {m.max_context}")
     lines += ["", f"Speed ({s.runtime}{'/' + s.backend if s.backend else ''}), decode at {short} tokens"]
     seen = set()

@@ -8,7 +8,7 @@ from mcpm_mobile.devices.speed import Calibration
 from mcpm_mobile.devices.verdict import Verdict
 from mcpm_mobile.errors import MCPMError, fail
 
-STATUS_COLORS = {"fits": "#2e7d32", "tight": "#f9a825", "does not fit": "#c62828"}
+STATUS_COLORS = {"fits": "#2e7d32", "tight": "#f9a825", "does not fit": "#c62828", "no runtime": "#6d4c41"}
 RUNTIME_COLORS = ["#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#4e342e", "#ad1457", "#558b2f"]
 
 

@@ -25,12 +25,13 @@ class Verdict:
 
     @property
     def status(self) -> str:
-        return self.memory.status
+        """"fits", "tight", "does not fit", or "no runtime" when the runtime cannot run on this phone at all."""
+        return "no runtime" if self.speed.backend is None else self.memory.status
 
     @property
     def fits(self) -> bool:
-        """True for "fits" and "tight": the model loads, with less room to spare when tight."""
-        return self.memory.margin >= 0
+        """True for "fits" and "tight": the runtime runs here and the model loads, with less room when tight."""
+        return self.speed.backend is not None and self.memory.margin >= 0
 
     @property
     def margin_bytes(self) -> int:
@@ -75,7 +76,9 @@ class Verdict:
     def line(self) -> str:
         """One line for build summaries: name, verdict, margin, largest context, speed."""
         fit = self.status
-        if not self.fits and self.max_context >= 1:
+        if self.status == "no runtime":
+            fit = f"no runtime ({self.speed.note})"
+        elif not self.fits and self.max_context >= 1:
             fit = f"does not fit at {self.context} tokens (fits at <= {self.max_context})"
         return (f"{self.phone.name}: {fit} (need {self.need_bytes / 1e9:.2f} of "
                 f"{self.usable_bytes / 1e9:.2f} GB at {self.context} tokens, margin "
