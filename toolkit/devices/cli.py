@@ -154,7 +154,8 @@ def _devices_table(verdicts: list[Verdict], profile: ModelProfile, runtime: str 
         table.add_row(v.phone.name + star, v.phone.os_label, v.phone.soc.name, f"{v.phone.ram_gb:g} GB",
                       _gb(v.usable_bytes), _gb(v.need_bytes), str(v.context),
                       f"[{STATUS_STYLE[v.status]}]{v.status}[/]", _gb(v.margin_bytes, sign=True),
-                      str(v.max_context), _measured(v), pred, _tps(v.speed.ceiling_tps_short))
+                      str(v.max_context), _measured(v), pred,
+                      "—" if v.speed.below_calibration else _tps(v.speed.ceiling_tps_short))
     console = _console()
     console.print(table)
     lines = [f"Weights {_gb(profile.weight_bytes)} GB ({profile.weight_source}); KV cache "
@@ -351,9 +352,12 @@ def check_text(v: Verdict) -> str:
                      f"{s.decode_tps_short:.1f}); {s.decode_low:.1f}-{s.decode_high:.1f} at {m.context} tokens")
         lines.append(f"             efficiency {e.low:.2f}-{e.high:.2f} of peak bandwidth: {e.basis}")
     else:
-        lines.append(f"  predicted  no range: {s.note or 'no measured rows for this runtime/backend'}")
-    lines.append(f"  roofline   {s.ceiling_tps_short:6.1f} tok/s (efficiency 1: {p.bandwidth_gbs:g} GB/s peak / "
-                 f"{(prof.weights_read_bytes + prof.kv_bytes(short)) / 1e9:.2f} GB per token)")
+        lines.append(f"  predicted       —  ({s.note or 'no measured rows for this runtime/backend'})")
+    if s.below_calibration:
+        lines.append("  roofline        —  (bandwidth does not bound a model this small)")
+    else:
+        lines.append(f"  roofline   {s.ceiling_tps_short:6.1f} tok/s (efficiency 1: {p.bandwidth_gbs:g} GB/s peak / "
+                     f"{_size(prof.weights_read_bytes + prof.kv_bytes(short))} per token)")
     lines.append(f"  prefill    {_tps(s.prefill_tps):>6s} tok/s  ({s.prefill_basis})" if s.prefill_tps
                  else f"  prefill         —  ({s.prefill_basis})")
     for c in p.corrections:

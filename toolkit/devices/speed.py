@@ -354,6 +354,7 @@ class Speed:
     prefill_basis: str = ""
     measured: list[Measured] = field(default_factory=list)
     note: str = ""
+    below_calibration: bool = False  # far smaller than any measured model: no speed figure at all
 
     @property
     def lead(self) -> Measured | None:
@@ -408,6 +409,8 @@ def predict(profile: "ModelProfile", phone: profiles.Phone, context: int, runtim
     speed.measured = measured_for(profile, phone, runtime)
     smallest, largest = calibrated_bytes()
     if per_token_short < CALIBRATED_FLOOR * smallest:
+        speed.below_calibration = True
+        speed.prefill_basis = "no prefill figure for a model this small"
         speed.note = (f"no speed estimate: the model reads {_size(per_token_short)} per token, far below the "
                       f"calibrated range ({_size(smallest)}-{_size(largest)} per token), where fixed per-token "
                       "costs, not bandwidth, set the speed")

@@ -130,7 +130,7 @@ def evaluate(profile: ModelProfile, phone: profiles.Phone, context: int | None =
     if context > profile.max_context:
         notes.append(f"context {context} exceeds the model's {profile.max_context}-token training context")
     prediction = speed.predict(profile, phone, context, runtime)
-    if prediction.note:
+    if prediction.note and not prediction.below_calibration:
         notes.append(prediction.note)
     if phone.note:
         notes.append(phone.note)
