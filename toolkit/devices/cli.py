@@ -236,7 +236,7 @@ def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
     console.print(table)
     classes = Table(title="Efficiency per runtime, backend and hardware class (share of peak bandwidth)",
                     title_justify="left")
-    for header in ["Runtime", "Backend", "Class", "Rows", "Sources", "Centre", "Measured", "Range shown"]:
+    for header in ["Runtime", "Backend", "Class", "Devices", "Sources", "Centre", "Measured", "Range shown"]:
         classes.add_column(header)
     for c in cal.classes:
         classes.add_row(c["runtime"], c["backend"], c["class"], str(c["rows"]), str(c["sources"]),

@@ -138,19 +138,27 @@ def _plural(n: int, word: str) -> str:
 
 
 class Fitted:
-    """Efficiencies fitted on a set of points; ``prefill=True`` fits the compute efficiency instead."""
+    """Efficiencies fitted on a set of points; ``prefill=True`` fits the compute efficiency instead.
+
+    Rows of one device with the same model and runtime (the README's three OnePlus 7T rows) count once,
+    as their geometric mean, so a phone measured three times does not outweigh the others.
+    """
 
     def __init__(self, pts, prefill: bool = False):
         self.prefill = prefill
         self.classes: dict[tuple, list[tuple[float, Point]]] = defaultdict(list)
         self.pooled: dict[tuple, list[tuple[float, Point]]] = defaultdict(list)
         self.kinds: dict[str, list[tuple[float, Point]]] = defaultdict(list)
+        same: dict[tuple, list[tuple[float, Point]]] = defaultdict(list)
         for p in pts:
             value = p.implied_prefill if prefill else p.implied
             if p.in_fit and value:
-                self.classes[p.key].append((value, p))
-                self.pooled[p.key[:2]].append((value, p))
-                self.kinds[backend_kind(p.m.backend)].append((value, p))
+                same[(p.m.label, p.m.model, p.m.quantization, *p.key)].append((value, p))
+        for rows in same.values():
+            value, p = _geomean([v for v, _ in rows]), rows[0][1]
+            self.classes[p.key].append((value, p))
+            self.pooled[p.key[:2]].append((value, p))
+            self.kinds[backend_kind(p.m.backend)].append((value, p))
 
     def efficiency(self, runtime: str, backend: str, hw_class: str) -> Efficiency | None:
         rows = self.classes.get((runtime, backend, hw_class))
@@ -159,7 +167,7 @@ class Fitted:
             sources = sorted({p.source_id for _, p in rows})
             low, high = _span(values, SPREAD_MANY if len(values) >= 3 else SPREAD_FEW)
             return Efficiency(_geomean(values), low, high, len(rows),
-                              f"{_plural(len(rows), 'row')} of {runtime}/{backend} on {hw_class} "
+                              f"{_plural(len(rows), 'device')} of {runtime}/{backend} on {hw_class} "
                               f"({_plural(len(sources), 'source')})", "class")
         rows = self.pooled.get((runtime, backend))
         if rows:
@@ -168,7 +176,7 @@ class Fitted:
             low, high = _span(values, SPREAD_FALLBACK)
             return Efficiency(_geomean(values), low, high, len(rows),
                               f"no {runtime}/{backend} measurement on {hw_class}; range spans {runtime}/{backend} "
-                              f"on {', '.join(classes)} ({_plural(len(rows), 'row')})", "runtime")
+                              f"on {', '.join(classes)} ({_plural(len(rows), 'device')})", "runtime")
         rows = self.kinds.get(backend_kind(backend))
         if rows:
             values = [v for v, _ in rows]
