@@ -134,7 +134,7 @@ def evaluate(profile: ModelProfile, phone: profiles.Phone, context: int | None =
         notes.append(prediction.note)
     if phone.note:
         notes.append(phone.note)
-    unverified = [u for u in phone.unverified if u in ("soc", "ram_gb", "ram_type", "os_version")]
+    unverified = [u for u in phone.unverified if u in ("soc", "ram_gb", "ram_type", "os_version", "installs_apk")]
     if unverified:
         notes.append(f"not confirmed in a stored source: {', '.join(unverified)}")
     unverified_soc = [u for u in phone.soc.unverified if u.startswith("memory")]
