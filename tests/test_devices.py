@@ -321,7 +321,8 @@ def test_calibration_leave_one_source_out():
     assert len(readme) == 14 and all("every measured GPU runtime" in r["loso_basis"] for r in readme)
     # Prefill: the only rows with a prefill and a FLOPS figure come from a bug report, so there is no prefill model.
     assert cal.summary["prefill"]["rows"] == 0 and "mlc-1359-xiaomi14" in cal.summary["prefill"]["skipped_bug_reports"]
-    assert speed.predict(ModelProfile.from_preset("minicpm-2b"), profiles.find_phone("Xiaomi 14"), 256).prefill_tps is None
+    two_b = ModelProfile.from_preset("minicpm-2b")
+    assert speed.predict(two_b, profiles.find_phone("Xiaomi 14"), 256).prefill_tps is None
 
 
 def test_calibration_command_prints_the_headline():
@@ -496,7 +497,8 @@ def test_plot_draws_ranges_not_points():
         plot._speed_panel(ax, rows, cal.summary)
         bars = [b for b in ax.patches if b.get_height() < 0.5]  # the range bars (roofline bars are taller)
         spans = sorted((round(b.get_x(), 6), round(b.get_x() + b.get_width(), 6)) for b in bars)
-        expected = sorted((round(r["loso_low"], 6), round(r["loso_high"], 6)) for r in rows if r["loso_low"] is not None)
+        expected = sorted((round(r["loso_low"], 6), round(r["loso_high"], 6))
+                          for r in rows if r["loso_low"] is not None)
         assert spans == expected and all(high > low for low, high in spans)
         lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 2]  # in-sample ranges
         assert len(lines) == sum(r["in_sample_low"] is not None for r in rows)

@@ -165,8 +165,8 @@ def _devices_table(verdicts: list[Verdict], profile: ModelProfile, runtime: str 
              "physical RAM, and for MLC at most its 4352 MiB OpenCL budget (mlc-llm #2686). `check NAME` shows the "
              "basis.",
              f"Measured: the figure measured on this phone (or its SoC) with the runtime shown or a comparable one, "
-             f"scaled to this model by bytes per token. Predicted: the range of the runtime's efficiency on this GPU/CPU "
-             f"class times the roofline (peak bandwidth / bytes per token), at {short} tokens.",
+             f"scaled to this model by bytes per token. Predicted: the range of the runtime's efficiency on this "
+             f"GPU/CPU class times the roofline (peak bandwidth / bytes per token), at {short} tokens.",
              "How often the ranges hold: `mcpm-mobile devices --calibration`."]
     if extrapolated:
         lines.append("~ no measurement for this GPU/CPU class with this runtime: a wider range pooled over other "
@@ -240,7 +240,8 @@ def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
         classes.add_column(header)
     for c in cal.classes:
         classes.add_row(c["runtime"], c["backend"], c["class"], str(c["rows"]), str(c["sources"]),
-                        f"{c['efficiency']:.3f}", f"{c['min']:.3f}–{c['max']:.3f}", f"{c['low']:.3f}–{c['high']:.3f}")
+                        f"{c['efficiency']:.3f}", f"{c['min']:.3f}–{c['max']:.3f}",
+                        f"{c['low']:.3f}–{c['high']:.3f}")
     console.print(classes)
     s = cal.summary
     for label, key in [("Leave-one-source-out", "leave_one_source_out"), ("In sample", "in_sample")]:
@@ -314,7 +315,8 @@ def check_text(v: Verdict) -> str:
     a = prof.arch
     short = min(speed.decode_context(), m.context)
     apk = {True: ", installs APKs", False: ", installs no APKs"}.get(p.installs_apk, "")
-    lines = [f"{p.name} — {p.os_label}{apk}, {p.soc.name}, {p.ram_gb:g} GB {p.ram_type}, {p.bandwidth_gbs:g} GB/s peak",
+    lines = [f"{p.name} — {p.os_label}{apk}, {p.soc.name}, {p.ram_gb:g} GB {p.ram_type}, "
+             f"{p.bandwidth_gbs:g} GB/s peak",
              f"Bandwidth: {p.bandwidth_basis}",
              f"Model: {prof.describe()}, context {m.context} tokens", "", "Memory"]
     rows = [("weights", m.weights, prof.weight_source),
