@@ -434,6 +434,8 @@ def test_check_by_soc_and_ram():
     for soc in ["snapdragon8gen3", "SM8650", "dimensity 9300", "Apple A17 Pro", "kirin 9000s", "tensor g4", "sd855+"]:
         assert runner.invoke(check, ["--soc", soc, "--ram", "8"]).exit_code == 0, soc
     assert json.loads(runner.invoke(check, ["--soc", "a17 pro", "--ram", "8", "--json"]).output)["os"] == "ios"
+    kirin = json.loads(runner.invoke(check, ["--soc", "kirin 9010", "--ram", "12", "--json"]).output)
+    assert kirin["os"] == "harmonyos" and any("HarmonyOS NEXT" in n for n in kirin["notes"])
     assert json.loads(runner.invoke(check, ["--soc", "kirin 9000s", "--ram", "12", "--os", "android",
                                             "--json"]).output)["os"] == "android"
     assert runner.invoke(check, ["--soc", "A17 Pro", "--ram", "8", "--os", "android"]).exit_code == 2

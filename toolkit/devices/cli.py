@@ -315,7 +315,9 @@ def check_text(v: Verdict) -> str:
     a = prof.arch
     short = min(speed.decode_context(), m.context)
     apk = {True: ", installs APKs", False: ", installs no APKs"}.get(p.installs_apk, "")
-    lines = [f"{p.name} — {p.os_label}{apk}, {p.soc.name}, {p.ram_gb:g} GB {p.ram_type}, "
+    others = sorted(set(p.ram_variants_gb) - {p.ram_gb})
+    ram = f" (also sold with {', '.join(f'{r:g}' for r in others)} GB: --ram)" if others else ""
+    lines = [f"{p.name} — {p.os_label}{apk}, {p.soc.name}, {p.ram_gb:g} GB {p.ram_type}{ram}, "
              f"{p.bandwidth_gbs:g} GB/s peak",
              f"Bandwidth: {p.bandwidth_basis}",
              f"Model: {prof.describe()}, context {m.context} tokens", "", "Memory"]

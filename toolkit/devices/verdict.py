@@ -134,6 +134,8 @@ def evaluate(profile: ModelProfile, phone: profiles.Phone, context: int | None =
         notes.append(prediction.note)
     if phone.note:
         notes.append(phone.note)
+    if phone.os == "harmonyos" and phone.installs_apk is None:
+        notes.append("HarmonyOS version not known: 2-4 install Android APKs, HarmonyOS NEXT (5.x) installs none")
     unverified = [u for u in phone.unverified if u in ("soc", "ram_gb", "ram_type", "os_version", "installs_apk")]
     if unverified:
         notes.append(f"not confirmed in a stored source: {', '.join(unverified)}")
