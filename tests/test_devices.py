@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from mcpm_mobile.devices import (ModelProfile, check_device, evaluate, fit_report, fit_summary,
                                  model_profile_from_path, reference_phones, require_fit)
 from mcpm_mobile.devices import memory, profiles, speed
-from mcpm_mobile.devices.cli import check, check_text, devices
-from mcpm_mobile.devices.model_profile import PRESETS, Arch
+from mcpm_mobile.devices.cli import check_cmd as check, check_text, devices_cmd as devices
+from mcpm_mobile.devices.model_profile import MODEL_PRESETS, Arch
 from mcpm_mobile.errors import MCPMError
 
 GIB = 1 << 30
@@ -166,7 +166,7 @@ def test_minicpm4_presets_from_their_configs():
     assert 4.3e9 < p8.weight_bytes < 4.7e9
     assert any("not confirmed" in n and "tie_word_embeddings" in n for n in p8.notes)
     assert ModelProfile.from_preset("minicpm4.1-8b").weight_bytes == p8.weight_bytes
-    assert "minicpm4-0.5b" not in PRESETS  # no stored source gives its config.json
+    assert "minicpm4-0.5b" not in MODEL_PRESETS  # no stored source gives its config.json
 
 
 def test_verdicts_for_known_phones(two_b):
