@@ -3,6 +3,9 @@
 Runtimes: ``mlc`` (TVM model library + MLC weights; Android, HarmonyOS, iOS, the iOS package also
 carries an LLMFarm GGUF) and ``onnxruntime`` (an INT4 ONNX decoder for ONNX Runtime Mobile /
 onnxruntime-genai; Android).
+
+HarmonyOS: phones on HarmonyOS 2-4 install Android APKs, so ``harmonyos`` is the Android package plus,
+for HarmonyOS NEXT (5.x, no APKs, no MLC/TVM runtime), a GGUF for the llama.cpp builds that exist there.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from mcpm_mobile.formats.tensor_cache import read_index
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.support.atomic import atomic_dir
 from mcpm_mobile.support.output import Output
-from mcpm_mobile.targets import deploy_docs, manifest
+from mcpm_mobile.targets import deploy_docs, manifest, runtime_compat
 from mcpm_mobile.targets.model_lib import embedded_metadata, model_lib_name
 
 TARGETS = ("android", "harmonyos", "ios")
@@ -68,7 +71,7 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
     model_id = model_id or default_model_id(ckpt, quantization, runtime)
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", model_id):
         raise fail("--model-id", f"'{model_id}' must be letters, digits, '.', '_' or '-'")
-    app_id = app_id or android.DEFAULT_APP_ID
+    app_id = app_id or (android.ONNX_APP_ID if runtime == "onnxruntime" else android.DEFAULT_APP_ID)
     start = time.perf_counter()
     dest = Path(dist) / target
     info = {"target": target, "runtime": runtime, "model_id": model_id, "quantization": quantization,
@@ -77,30 +80,38 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
     with atomic_dir(dest, force=force) as stage:
         if runtime == "onnxruntime":
             layout = _onnx(stage, model_dir, model_id, app_id, bundle_weights, context_window, out)
-            doc = deploy_docs.onnxruntime(model_id, app_id, versions, bundle_weights, layout["assets"])
+            doc = deploy_docs.onnxruntime(model_id, app_id, versions, layout)
+            if layout.get("asset_packs"):
+                info["asset_packs"] = layout["asset_packs"]
             profile_path, profile_quant = model_dir, ONNX_QUANTIZATION
         else:
             layout = _mlc(stage, ckpt, target, quantization, model_id, app_id, bundle_weights, model_url,
                           context_window, prefill_chunk, out)
-            info.update(model_lib=layout["model_lib"], estimated_vram_bytes=layout["vram"])
-            if target == "ios":
-                doc = deploy_docs.ios(model_id, layout["model_lib"], layout["gguf"], versions)
+            info.update(model_lib=layout["model_lib"], estimated_vram_bytes=layout["vram"],
+                        runtime_compat=layout["compat"])
+            if layout.get("gguf"):
                 info["gguf"] = layout["gguf"]
+            if layout.get("asset_packs"):
+                info["asset_packs"] = layout["asset_packs"]
+            if target == "ios":
+                doc = deploy_docs.ios(model_id, layout["model_lib"], layout["gguf"], versions, layout["compat"])
             else:
-                doc = deploy_docs.android(model_id, layout["model_lib"], app_id, target, versions, bundle_weights,
-                                          layout["assets"])
+                doc = deploy_docs.android(model_id, layout["model_lib"], app_id, target, versions, layout)
             profile_path, profile_quant = stage, None
         (stage / "DEPLOY.md").write_text(doc, encoding="utf-8")
-        for where in (stage, stage / layout["assets"]):
+        for where in [stage] + ([stage / layout["assets"]] if layout["assets"] else []):
             licenses.write_notices(where, terms, grant=license_grant, commercial_use=commercial, model_dir=model_dir)
         fit = _fit(profile_path, profile_quant, target, check_device, context_window)
         written = manifest.write_manifest(stage, info)
     summary = {"output": str(dest), **info, "fit": fit, "files": len(written["files"]),
                "bytes": sum(f["size"] for f in written["files"]), "seconds": round(time.perf_counter() - start, 2)}
     if bundle_weights and target != "ios":
-        out.info(f"[yellow]Weights bundled into {layout['assets']}/: the APK grows by "
+        out.info(f"[yellow]Weights bundled into android-app/ (Gradle asset packs): the app grows by "
                  f"{layout['bundled_weights_bytes'] / 1e6:.1f} MB, and the app must copy them out of the assets "
-                 "before loading.[/yellow]")
+                 "before loading (see DEPLOY.md).[/yellow]")
+    if target == "harmonyos":
+        out.info("HarmonyOS 2-4 install the Android package here; HarmonyOS NEXT has no MLC/TVM runtime: "
+                 "use the GGUF in harmonyos-next/ with a llama.cpp build for HarmonyOS NEXT (see DEPLOY.md).")
     out.info(licenses.short_notice(terms, record))
     return summary
 
@@ -113,6 +124,7 @@ def _mlc(stage: Path, ckpt: Checkpoint, target: str, quantization: str, model_id
     from mcpm_mobile.targets.android import package as android
     from mcpm_mobile.targets.ios import package as ios
 
+    lib_target = "ios" if target == "ios" else "android"  # HarmonyOS 2-4 run the Android app and runtime
     if target == "ios":
         weights, lib_dir = ios.mlc_paths(stage, model_id)
     else:
@@ -120,40 +132,51 @@ def _mlc(stage: Path, ckpt: Checkpoint, target: str, quantization: str, model_id
     quantize_checkpoint(ckpt.dir, weights, quantization, out=out, context_window=context_window,
                         prefill_chunk=prefill_chunk)
     chat = chat_config.read(weights)
-    lib_name = model_lib_name(chat, target)
+    lib_name = model_lib_name(chat, lib_target)
     lib_dir.mkdir(parents=True)
     lib = lib_dir / f"{lib_name}.tar"
-    compile_model(weights, target=target, output=lib, system_lib_prefix=lib_name + "_", out=out)
+    compile_model(weights, target=lib_target, output=lib, system_lib_prefix=lib_name + "_", out=out)
     meta = embedded_metadata(lib)
     (lib_dir / f"{lib_name}.metadata.json").write_text(json.dumps(meta, indent=2))
     vram = estimated_vram_bytes(weights, meta)
+    formats = runtime_compat.read_formats(lib)
+    compat = {"formats": {k: v for k, v in formats.items() if k != "builtins"},
+              **{k: v for k, v in runtime_compat.compatibility(formats).items() if k != "requires"}}
     with out.stage("Packaging"):
         if target == "ios":
             layout = ios.package(stage, ckpt.dir, ckpt.config, model_id, lib_name, vram, chat["context_window_size"],
                                  out=out)
             layout["assets"] = layout["llmfarm"]
         else:
-            layout = android.package(stage, target, model_id, lib_name, vram, chat, app_id, bundle_weights, model_url)
-    return {**layout, "model_lib": lib_name, "vram": vram}
+            layout = android.package(stage, model_id, lib_name, vram, chat, app_id, bundle_weights, model_url)
+            if target == "harmonyos":
+                layout["gguf"] = _harmonyos_next_gguf(stage, ckpt.dir, model_id, out)
+    return {**layout, "model_lib": lib_name, "vram": vram, "compat": compat}
+
+
+def _harmonyos_next_gguf(stage: Path, model_dir: Path, model_id: str, out: Output) -> str:
+    from mcpm_mobile.formats.gguf_export import export_gguf
+
+    gguf = stage / "harmonyos-next" / (re.sub(r"-q\d\w*-MLC$", "", model_id) + "-q4_0.gguf")
+    gguf.parent.mkdir()
+    export_gguf(model_dir, gguf, type="q4_0", out=out)
+    return str(gguf.relative_to(stage))
 
 
 def _onnx(stage: Path, model_dir: Path, model_id: str, app_id: str, bundle_weights: bool,
           context_window: int | None, out: Output) -> dict:
-    import shutil
-
     from mcpm_mobile.formats.onnx_export import export_onnx
+    from mcpm_mobile.targets.android import asset_pack
     from mcpm_mobile.targets.android import package as android
 
     export_onnx(model_dir, stage / model_id, context_window=context_window, out=out)
-    assets = stage / android.ASSETS["android"]
-    assets.mkdir(parents=True)
-    weights_bytes = sum(p.stat().st_size for p in (stage / model_id).rglob("*") if p.is_file())
-    if bundle_weights:
-        shutil.copytree(stage / model_id, assets / model_id)
     script = stage / "push-weights.sh"
-    script.write_text(android.push_script(model_id, app_id))
+    script.write_text(android.onnx_push_script(model_id, app_id))
     script.chmod(0o755)
-    return {"assets": str(assets.relative_to(stage)), "bundled_weights_bytes": weights_bytes if bundle_weights else 0}
+    if not bundle_weights:
+        return {"assets": None, "bundled_weights_bytes": 0}
+    packs = asset_pack.write(stage, stage / model_id, model_id)
+    return {"assets": packs["notices"], "bundled_weights_bytes": packs["bytes"], "asset_packs": packs}
 
 
 def _fit(profile_path: Path, quantization: str | None, target: str, check_device: str | None,

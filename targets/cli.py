@@ -10,7 +10,9 @@ from mcpm_mobile.targets.build import RUNTIMES, TARGETS
 
 @click.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--target", required=True, type=click.Choice(TARGETS), help="Phone platform to package for.")
+@click.option("--target", required=True, type=click.Choice(TARGETS),
+              help="Phone platform. harmonyos: the Android package (HarmonyOS 2-4 install APKs) plus a GGUF for "
+                   "llama.cpp on HarmonyOS NEXT, which has no MLC/TVM runtime.")
 @click.option("-o", "--output", "dist", default=Path("dist"), show_default=True, type=click.Path(path_type=Path),
               help="Writes DIST/<target>/.")
 @click.option("--quantization", default="q4f16_1", show_default=True, type=click.Choice(list(QUANTIZATIONS)))
@@ -19,9 +21,11 @@ from mcpm_mobile.targets.build import RUNTIMES, TARGETS
 @click.option("--context-window", type=click.IntRange(min=16))
 @click.option("--prefill-chunk", type=click.IntRange(min=1))
 @click.option("--model-id", help="Folder and id of the model in the app. [default: <checkpoint>-<quantization>-MLC]")
-@click.option("--app-id", help="Android application id for push-weights.sh. [default: ai.mlc.mlcchat]")
+@click.option("--app-id", help="Android application id for push-weights.sh. [default: ai.mlc.mlcchat; "
+                               "onnxruntime: ai.onnxruntime.genai.demo]")
 @click.option("--model-url", help="Where the app downloads the weights (else they are pushed or bundled).")
-@click.option("--bundle-weights", is_flag=True, help="Put the weights into the APK/HAP assets too.")
+@click.option("--bundle-weights", is_flag=True,
+              help="Android: also ship the weights inside the app, as Gradle install-time asset packs (android-app/).")
 @click.option("--commercial", is_flag=True, help="The package is for commercial use: enforce the licence terms.")
 @click.option("--license-grant", type=click.Path(path_type=Path), help="Written authorization to record.")
 @click.option("--model-family", help="Licence family, when it cannot be detected from config.json.")
@@ -40,11 +44,37 @@ def build(model_dir, target, dist, out, **options):
 
 @click.command()
 @click.argument("package_dir", type=click.Path(path_type=Path))
+@click.option("--apk", type=click.Path(path_type=Path),
+              help="Also check an APK/split Gradle built from the package's asset packs (STORED, aligned, unchanged).")
 @output_options
-def verify(package_dir, out):
-    """Re-check a built package: hashes, shards, configs, library vs weights."""
-    from mcpm_mobile.targets.verify import verify_package
+def verify(package_dir, apk, out):
+    """Re-check a built package: hashes, shards, configs as the apps parse them, library vs weights."""
+    from mcpm_mobile.targets.verify import verify_apk, verify_package
 
     s = verify_package(package_dir)
+    if apk:
+        s["apk"] = verify_apk(package_dir, apk)
     out.result(s, f"OK {s['package']}: {s['files']} files, weights {', '.join(s['weights'])}, "
                   f"libraries {', '.join(s['libraries']) or 'none'}")
+
+
+@click.command("inspect")
+@click.argument("library", type=click.Path(path_type=Path))
+@output_options
+def inspect_cmd(library, out):
+    """Read the runtime formats out of a model library (.tar/.so) and the oldest runtime that loads it."""
+    from mcpm_mobile.targets.runtime_compat import compatibility, read_formats
+
+    f = read_formats(library)
+    c = compatibility(f)
+    lines = [f"{library}",
+             f"  VM executable    magic {f['vm_magic']}, version {f['vm_version']}",
+             f"  attention tag    {', '.join(f['attention_backends']) or 'none'}",
+             f"  KV-cache config  {f['kv_cache_config_entries']} entries, constructor {f['kv_cache_create_args']} args",
+             f"  system library   {f['system_lib'] or 'none'} ({f['ffi_exports']} __tvm_ffi_ exports)",
+             f"  tvm-ffi imports  {', '.join(f['ffi_imports'])}",
+             f"Oldest TVM runtime: {c['oldest_tvm']}",
+             f"Oldest mlc-llm:     {c['oldest_mlc_llm']}",
+             "Check your app's TVM tree (mlc-llm: 3rdparty/tvm) for each:"]
+    lines += [f"  {r['what']}: {r['check']}" for r in c["requires"]]
+    out.result({"library": str(library), **f, **c}, "\n".join(lines))

@@ -8,7 +8,9 @@ from mcpm_mobile.errors import fail
 from mcpm_mobile.formats import chat_config
 from mcpm_mobile.formats.tensor_cache import INDEX, check_shards, read_index
 from mcpm_mobile.support.ar import defined_symbols
+from mcpm_mobile.targets import app_config
 from mcpm_mobile.targets import manifest as manifest_io
+from mcpm_mobile.targets.android import asset_pack
 from mcpm_mobile.targets.model_lib import embedded_metadata, tar_members
 
 
@@ -31,8 +33,15 @@ def verify_package(root: Path) -> dict:
         sidecar = lib.with_name(lib.stem + ".metadata.json")
         if sidecar.is_file() and json.loads(sidecar.read_text()) != meta:
             raise fail(sidecar, "differs from the _metadata embedded in the library")
-    for cfg_path in root.rglob("mlc-app-config.json"):
+    for cfg_path in root.rglob(app_config.FILENAME):
+        if manifest.get("target") == "ios":
+            app_config.check_ios(cfg_path)
+        else:
+            app_config.check_android(cfg_path, files_dir=root)
         check_app_config(cfg_path, libs)
+    packs = None
+    if (root / asset_pack.ROOT).is_dir():
+        packs = asset_pack.check_layout(root / asset_pack.ROOT)
     ggufs = sorted(root.rglob("*.gguf"))
     for gguf in ggufs:
         check_gguf(gguf)
@@ -42,7 +51,21 @@ def verify_package(root: Path) -> dict:
     return {"package": str(root), "target": manifest.get("target"), "files": len(manifest["files"]),
             "weights": [str(w.relative_to(root)) for w in weight_dirs], "libraries": [str(x.relative_to(root)) for x in libs],
             "gguf": [str(g.relative_to(root)) for g in ggufs],
-            "onnx": [str(m.relative_to(root)) for m in onnx_models]}
+            "onnx": [str(m.relative_to(root)) for m in onnx_models], "asset_packs": packs}
+
+
+def verify_apk(root: Path, apk: Path) -> dict:
+    """An APK (or split) built from this package's asset packs: model files STORED, aligned and unchanged."""
+    manifest = manifest_io.read_manifest(root)
+    prefix = asset_pack.ROOT + "/"
+    expected = {}
+    for f in manifest["files"]:
+        parts = f["path"].split("/src/main/assets/", 1)
+        if f["path"].startswith(prefix) and len(parts) == 2:
+            expected[parts[1]] = (f["size"], f["sha256"])
+    if not expected:
+        raise fail(root, "has no asset packs (built without --bundle-weights)")
+    return asset_pack.check_apk(apk, expected)
 
 
 def check_library_matches(lib: Path, meta: dict, weights_dir: Path) -> None:
@@ -101,9 +124,6 @@ def check_app_config(path: Path, libs: list[Path]) -> None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise fail(path, f"cannot read: {e}")
     for entry in entries:
-        for key in ("model_id", "model_lib", "estimated_vram_bytes"):
-            if key not in entry:
-                raise fail(path, f"model_list entry lacks '{key}'")
         symbol = entry["model_lib"] + "___tvm_ffi__library_bin"
         found = any(symbol in defined_symbols(obj) or "_" + symbol in defined_symbols(obj)
                     for lib in libs if lib.suffix == ".tar" for _, obj in tar_members(lib))

@@ -37,7 +37,8 @@ from mcpm_mobile.runtime.cli import run_cmd  # noqa: E402
 
 main.add_command(compile_cmd)
 main.add_command(run_cmd)
-from mcpm_mobile.targets.cli import build, verify  # noqa: E402
+from mcpm_mobile.targets.cli import build, inspect_cmd, verify  # noqa: E402
 
 main.add_command(build)
 main.add_command(verify)
+main.add_command(inspect_cmd)

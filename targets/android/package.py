@@ -1,17 +1,18 @@
-"""Android / HarmonyOS package: MLC weights, the model library, MLC's package and app configs,
-the APK (or HAP) asset layout, an adb push script and DEPLOY.md."""
+"""Android package (also what HarmonyOS 2-4 phones run): MLC weights, the model library, MLC's package
+and app configs, an adb push script, and with ``--bundle-weights`` the Gradle asset packs."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from mcpm_mobile.support.ar import write_archive
+from mcpm_mobile.targets import app_config as app_configs
+from mcpm_mobile.targets.android import asset_pack
 from mcpm_mobile.targets.model_lib import tar_members
 
 DEFAULT_APP_ID = "ai.mlc.mlcchat"  # MLCChat, the upstream MLC-LLM Android app
+ONNX_APP_ID = "ai.onnxruntime.genai.demo"  # onnxruntime-inference-examples' Android onnxruntime-genai chat app
 STATIC_LIB = "libmodel_android.a"
-ASSETS = {"android": "app/src/main/assets", "harmonyos": "entry/src/main/resources/rawfile"}
 
 
 def write_static_lib(lib_tar: Path, dest: Path) -> Path:
@@ -35,13 +36,6 @@ def package_config(model_id: str, model_lib: str, vram: int, chat_config: dict, 
     }
 
 
-def app_config(model_id: str, model_lib: str, vram: int, model_url: str | None) -> dict:
-    """``mlc-app-config.json`` as MLC's apps read it (``bundle/`` and the APK assets)."""
-    entry = {"model_id": model_id, "model_lib": model_lib, "estimated_vram_bytes": vram}
-    entry["model_url" if model_url else "model_path"] = model_url or model_id
-    return {"model_list": [entry]}
-
-
 def push_script(model_id: str, app_id: str) -> str:
     remote = f"/storage/emulated/0/Android/data/{app_id}/files/{model_id}"
     return f"""#!/usr/bin/env bash
@@ -58,23 +52,49 @@ echo "Pushed {model_id} to {remote}"
 """
 
 
-def package(stage: Path, target: str, model_id: str, model_lib: str, vram: int, chat_config: dict, app_id: str,
+def onnx_push_script(model_id: str, app_id: str) -> str:
+    """Into ``/data/data/<app>/files/`` (``getFilesDir()``), where onnxruntime-genai apps open the model:
+    microsoft/onnxruntime-inference-examples mobile/examples/phi-3/android reads it with
+    ``new Model(getFilesDir().getPath())``. App-private storage is reached with ``run-as`` (debuggable builds)."""
+    return f"""#!/usr/bin/env bash
+# Push the ONNX model {model_id} into the files directory of an onnxruntime-genai Android app.
+# Usage: ./push-weights.sh [adb device serial]
+#   APP_ID  application id (default {app_id}: onnxruntime-inference-examples' phi-3 chat app)
+#   SUBDIR  folder under files/ (default: none; that app opens getFilesDir() itself with new Model(path))
+# run-as needs a debuggable build of the app (what Android Studio installs); for a release build,
+# let the app copy or download the folder itself.
+set -euo pipefail
+cd "$(dirname "$0")"
+APP_ID="${{APP_ID:-{app_id}}}"
+DEST="files${{SUBDIR:+/$SUBDIR}}"
+ADB=(adb)
+if [ $# -ge 1 ]; then ADB=(adb -s "$1"); fi
+"${{ADB[@]}}" shell mkdir -p /data/local/tmp/{model_id}
+"${{ADB[@]}}" push --sync {model_id}/. /data/local/tmp/{model_id}/
+"${{ADB[@]}}" shell chmod -R a+rX /data/local/tmp/{model_id}
+"${{ADB[@]}}" shell run-as "$APP_ID" sh -c "'mkdir -p $DEST && cp -r /data/local/tmp/{model_id}/. $DEST/'"
+"${{ADB[@]}}" shell rm -rf /data/local/tmp/{model_id}
+echo "Pushed {model_id} to /data/data/$APP_ID/$DEST (open it with new Model(path))"
+"""
+
+
+def package(stage: Path, model_id: str, model_lib: str, vram: int, chat_config: dict, app_id: str,
             bundle_weights: bool, model_url: str | None) -> dict:
-    """Lay out everything except the weights dir and the ``.tar`` (already in ``stage``)."""
+    """Lay out everything except the weights dir and the ``.tar`` (already in ``stage``).
+
+    ``bundle/mlc-app-config.json`` is what ``mlc_llm package`` writes and moves into mlc4j's assets;
+    nothing goes into ``app/src/main/assets/``, where it would shadow mlc4j's config in the merged APK.
+    """
     write_static_lib(stage / "lib" / f"{model_lib}.tar", stage / "lib" / STATIC_LIB)
-    device = "android"
     (stage / "mlc-package-config.json").write_text(json.dumps(package_config(model_id, model_lib, vram, chat_config,
-                                                                             device), indent=2))
-    cfg = app_config(model_id, model_lib, vram, model_url)
+                                                                             "android"), indent=2))
     (stage / "bundle").mkdir()
-    (stage / "bundle" / "mlc-app-config.json").write_text(json.dumps(cfg, indent=2))
-    assets = stage / ASSETS[target]
-    assets.mkdir(parents=True)
-    (assets / "mlc-app-config.json").write_text(json.dumps(cfg, indent=2))
-    weights_bytes = sum(p.stat().st_size for p in (stage / model_id).rglob("*") if p.is_file())
-    if bundle_weights:
-        shutil.copytree(stage / model_id, assets / model_id)
+    (stage / "bundle" / app_configs.FILENAME).write_text(
+        json.dumps(app_configs.android(model_id, model_lib, vram, model_url), indent=2))
     script = stage / "push-weights.sh"
     script.write_text(push_script(model_id, app_id))
     script.chmod(0o755)
-    return {"assets": str(assets.relative_to(stage)), "bundled_weights_bytes": weights_bytes if bundle_weights else 0}
+    if not bundle_weights:
+        return {"assets": None, "bundled_weights_bytes": 0}
+    packs = asset_pack.write(stage, stage / model_id, model_id)
+    return {"assets": packs["notices"], "bundled_weights_bytes": packs["bytes"], "asset_packs": packs}

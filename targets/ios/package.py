@@ -7,7 +7,7 @@ from pathlib import Path
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.support.ar import write_archive
 from mcpm_mobile.support.output import Output
-from mcpm_mobile.targets.android.package import app_config
+from mcpm_mobile.targets import app_config as app_configs
 from mcpm_mobile.targets.model_lib import tar_members
 
 STATIC_LIB = "libmodel_iphone.a"
@@ -27,8 +27,8 @@ def package(stage: Path, model_dir: Path, config: MiniCPMConfig, model_id: str, 
 
     _, lib_dir = mlc_paths(stage, model_id)
     write_archive(lib_dir / STATIC_LIB, tar_members(lib_dir / f"{model_lib}.tar"))
-    (stage / MLC / "bundle" / "mlc-app-config.json").write_text(
-        json.dumps(app_config(model_id, model_lib, vram, None), indent=2))
+    (stage / MLC / "bundle" / app_configs.FILENAME).write_text(
+        json.dumps(app_configs.ios(model_id, model_lib, vram), indent=2))
     name = model_id.removesuffix("-MLC") + f"-{gguf_type}"
     gguf = stage / LLMFARM / "models" / f"{name}.gguf"
     summary = export_gguf(model_dir, gguf, type=gguf_type, out=out)

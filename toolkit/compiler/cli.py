@@ -9,8 +9,10 @@ from mcpm_mobile.support.output import output_options
 @click.command("compile")
 @click.argument("weights_dir", type=click.Path(path_type=Path))
 @click.option("--target", default="host", show_default=True,
-              help="'host' (a shared library for this machine), 'android' / 'android-adreno' / 'harmonyos' "
-                   "(OpenCL, aarch64 .tar), 'ios' (Metal, arm64 .tar), 'cuda' (.so or .tar), or a JSON TVM target.")
+              help="'host' (a shared library for this machine), 'android' / 'android-adreno' (OpenCL, aarch64 .tar), "
+                   "'harmonyos' (the same for aarch64-linux-ohos: no MLC/TVM runtime runs on HarmonyOS NEXT yet, so "
+                   "nothing on a phone loads it; HarmonyOS 2-4 run the 'android' library), 'ios' (Metal, arm64 "
+                   ".tar), 'cuda' (.so or .tar), or a JSON TVM target.")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Library to write (default: WEIGHTS_DIR/minicpm-<quantization>-<target>.so, .tar for phones).")
 @click.option("--context-window", type=click.IntRange(min=16), help="Override the context window size.")
