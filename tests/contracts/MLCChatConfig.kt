@@ -37,8 +37,6 @@ data class ParamsRecord(@SerializedName("dataPath") val dataPath: String)
 
 data class ParamsConfig(@SerializedName("records") val paramsRecords: List<ParamsRecord>)
 
-fun slash(url: String): String = if (url.endsWith("/")) url else "$url/"
-
 fun main(args: Array<String>) {
     val gson = Gson()
     val filesDir = File(args[1])
@@ -49,14 +47,15 @@ fun main(args: Array<String>) {
         val modelDir = File(filesDir, record.modelId)
         val configFile = File(modelDir, "mlc-chat-config.json")
         if (!configFile.exists()) {
-            println("${record.modelId}\tdownload\t\t${slash(record.modelUrl)}resolve/main/mlc-chat-config.json")
+            val url = if (record.modelUrl.endsWith("/")) record.modelUrl else "${record.modelUrl}/"
+            println("${record.modelId}\tdownload\t\t${url}resolve/main/mlc-chat-config.json")
             continue
         }
         val modelConfig = gson.fromJson(configFile.readText(), ModelConfig::class.java)
         modelConfig.modelId = record.modelId
         modelConfig.modelLib = record.modelLib
         modelConfig.estimatedVramBytes = record.estimatedVramBytes
-        val modelUrl = slash(record.modelUrl)
+        val modelUrl = record.modelUrl + if (record.modelUrl.endsWith("/")) "" else "/"
         val params = gson.fromJson(File(modelDir, "tensor-cache.json").readText(), ParamsConfig::class.java)
         val needed = modelConfig.tokenizerFiles + params.paramsRecords.map { it.dataPath }
         val missing = needed.filter { !File(modelDir, it).exists() }
