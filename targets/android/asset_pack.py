@@ -26,7 +26,7 @@ INSTALL_TIME_LIMIT = 4_000_000_000
 ROOT = "android-app"
 INDEX = "mcpm-assets.txt"
 KOTLIN_PACKAGE = "ai.mcpm.assets"
-CONFIGS_LAST = ("tensor-cache.json", "tensor-cache-b16.json", "mlc-chat-config.json")  # the app's "done" markers
+CONFIGS_LAST = ("tensor-cache-b16.json", "tensor-cache.json", "mlc-chat-config.json")  # the app's "done" markers
 ALIGNMENT = 4  # what zipalign and AGP give uncompressed entries (page alignment is for .so files only)
 
 
@@ -57,7 +57,7 @@ def plan(files: list[tuple[str, int]], limit: int = ASSET_PACK_LIMIT) -> list[li
 
 def ordered_files(weights_dir: Path) -> list[tuple[str, int]]:
     files = sorted(p for p in weights_dir.rglob("*") if p.is_file())
-    files.sort(key=lambda p: p.name in CONFIGS_LAST)
+    files.sort(key=lambda p: CONFIGS_LAST.index(p.name) + 1 if p.name in CONFIGS_LAST else 0)
     return [(p.relative_to(weights_dir).as_posix(), p.stat().st_size) for p in files]
 
 
