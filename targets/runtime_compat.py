@@ -6,6 +6,7 @@ mlc-llm commit whose pinned TVM (``3rdparty/tvm``) carries it. Sources: docs/con
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def read_formats(lib_path: Path) -> dict:
         if exe is None and (start := vm_exec.find(obj)) >= 0:
             try:
                 exe = vm_exec.parse(obj, start)
-            except (ValueError, IndexError, Exception) as e:  # struct.error is an Exception subclass
+            except (ValueError, IndexError, struct.error) as e:
                 raise fail(lib_path, f"unreadable VM executable: {e}")
     if exe is None:
         raise fail(lib_path, "no Relax VM executable inside: not a model library")
