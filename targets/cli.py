@@ -73,6 +73,7 @@ def inspect_cmd(library, out):
              f"  KV-cache config  {f['kv_cache_config_entries']} entries, constructor {f['kv_cache_create_args']} args",
              f"  system library   {f['system_lib'] or 'none'} ({f['ffi_exports']} __tvm_ffi_ exports)",
              f"  tvm-ffi imports  {', '.join(f['ffi_imports'])}",
+             f"  VM builtins      {', '.join(f['builtins'])}",
              f"Oldest TVM runtime: {c['oldest_tvm']}",
              f"Oldest mlc-llm:     {c['oldest_mlc_llm']}",
              "Check your app's TVM tree (mlc-llm: 3rdparty/tvm) for each:"]

@@ -121,6 +121,6 @@ def compatibility(formats: dict) -> dict:
     blocking = [f for f in needs if not f.mlc_commit]
     mlc = (f"none up to mlc-llm {MLC_LLM_LATEST_READ}, the latest we read: its runtime lacks "
            + ", ".join(f"apache/tvm {f.tvm_commit}" for f in blocking)) if blocking else \
-        max(needs, key=lambda f: f.tvm_date).mlc_commit
+        f"mlc-llm {newest.mlc_commit} or later (first release {newest.mlc_release})"
     return {"oldest_tvm": f"apache/tvm {newest.tvm_commit} ({newest.tvm_date}), release {newest.tvm_release}",
             "oldest_mlc_llm": mlc, "requires": [asdict(f) for f in needs]}

@@ -65,7 +65,8 @@ def test_android_layout(built, target):
     assert f"Android/data/ai.mlc.mlcchat/files/{model_id}" in (root / "push-weights.sh").read_text()
     deploy = (root / "DEPLOY.md").read_text()
     assert "apache-tvm" in deploy and "--whole-archive" in deploy
-    assert "Oldest runtime that loads it:** apache/tvm 27c2e019" in deploy and "mcpm-mobile inspect" in deploy
+    assert "Oldest runtime that loads it:** apache/tvm 141c22fd" in deploy and "mcpm-mobile inspect" in deploy
+    assert "**MLC-LLM apps:** mlc-llm 46a1d117 (2026-03-27) or later (first release v0.20.0)" in deploy
     if target == "harmonyos":
         assert "HarmonyOS 2, 3 and 4" in deploy and "HarmonyOS NEXT" in deploy and "no MLC-LLM or TVM runtime" in deploy
         gguf = root / s["gguf"]
@@ -73,7 +74,8 @@ def test_android_layout(built, target):
         assert lib == built("android")[1]["model_lib"]  # the Android library: HarmonyOS 2-4 run the Android app
         assert not list(root.rglob("*ohos*"))
     manifest = json.loads((root / "manifest.json").read_text())
-    assert "27c2e019" in manifest["runtime_compat"]["oldest_tvm"]
+    assert "141c22fd" in manifest["runtime_compat"]["oldest_tvm"]
+    assert manifest["runtime_compat"]["formats"]["kv_cache_config_entries"] == 5
     assert manifest["runtime_compat"]["formats"]["attention_backends"] == ["tirx"]
     assert manifest["versions"]["apache-tvm"] and manifest["license"]["family"] == "minicpm"
     entry = next(f for f in manifest["files"] if f["path"] == "lib/libmodel_android.a")
@@ -132,7 +134,7 @@ def test_ios_layout(built):
     app = json.loads((root / "mlc/bundle/mlc-app-config.json").read_text())["model_list"][0]
     assert app["model_path"] == model_id and app["model_lib"] == lib and "model_url" not in app
     deploy = (root / "DEPLOY.md").read_text()
-    assert "newLibraryWithSource" in deploy and "metallib" in deploy and "27c2e019" in deploy
+    assert "newLibraryWithSource" in deploy and "metallib" in deploy and "141c22fd" in deploy
     assert f"_{lib}___tvm_ffi__library_bin" in _archive_members(root / "mlc/lib/libmodel_iphone.a")
 
 
