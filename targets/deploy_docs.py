@@ -44,7 +44,8 @@ def android(model_id: str, model_lib: str, app_id: str, target: str, versions: d
         "`mlc_llm package` writes it (`model_url` is the local path `./<model_id>`, or `--model-url`).",
         f"- `push-weights.sh`: `adb push` of the weights into `/storage/emulated/0/Android/data/{app_id}/files/`.",
         "- `NOTICE.md`, `license.json`: the model licence and what must be done before shipping.",
-        "- `manifest.json`: every file with size and sha256, and the runtime contract; `mcpm-mobile verify` re-checks it.",
+        "- `manifest.json`: every file with size and sha256, and the runtime contract; "
+        "`mcpm-mobile verify` re-checks it.",
     ]
     if layout.get("asset_packs"):
         lines.append("- `android-app/`: the weights as Gradle install-time asset packs, the app-module lines and "

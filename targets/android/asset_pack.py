@@ -48,7 +48,8 @@ def plan(files: list[tuple[str, int]], limit: int = ASSET_PACK_LIMIT) -> list[li
     packs: list[list[tuple[str, int]]] = [[]]
     for rel, size in files:
         if size > limit:
-            raise MCPMError(f"{rel} is {size / 1e9:.2f} GB, over the {limit / 1e9:.1f} GB Play limit for one asset pack")
+            raise MCPMError(f"{rel} is {size / 1e9:.2f} GB, over the {limit / 1e9:.1f} GB Play limit "
+                            "for one asset pack")
         if packs[-1] and sum(s for _, s in packs[-1]) + size > limit:
             packs.append([])
         packs[-1].append((rel, size))
