@@ -72,7 +72,7 @@ def inspect_cmd(library, out):
              f"  attention tag    {', '.join(f['attention_backends']) or 'none'}",
              f"  KV-cache config  {f['kv_cache_config_entries']} entries, constructor {f['kv_cache_create_args']} args",
              f"  system library   {f['system_lib'] or 'none'} ({f['ffi_exports']} __tvm_ffi_ exports)",
-             f"  tvm-ffi imports  {', '.join(f['ffi_imports'])}",
+             f"  runtime C API    {', '.join(f['ffi_imports'])}",
              f"  VM builtins      {', '.join(f['builtins'])}",
              f"Oldest TVM runtime: {c['oldest_tvm']}",
              f"Oldest mlc-llm:     {c['oldest_mlc_llm']}",

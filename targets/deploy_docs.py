@@ -19,14 +19,14 @@ def runtime_section(model_lib: str, lib_path: str, compat: dict) -> list[str]:
         f"- KV-cache attention kernels tagged `{', '.join(f['attention_backends'])}`; KV-cache constructor with "
         f"{f['kv_cache_create_args']} arguments and a config of {f['kv_cache_config_entries']} entries",
         f"- system library `{model_lib}` (`system://{model_lib}`), {f['ffi_exports']} `__tvm_ffi_` exports; "
-        f"tvm-ffi C API used: {', '.join(f'`{s}`' for s in f['ffi_imports'])}",
+        f"runtime C API it calls: {', '.join(f'`{s}`' for s in f['ffi_imports'])}",
         "- weights indexed by `tensor-cache.json`", "",
         f"**Oldest runtime that loads it:** {compat['oldest_tvm']}.",
         f"**MLC-LLM apps:** {compat['oldest_mlc_llm']}. An app whose runtime is older fails at load "
         "(VM header, missing tvm-ffi symbol) or when it creates the KV cache.", "",
         "To check an app before shipping, look in the TVM tree it builds its runtime from (for mlc4j and the "
         "iOS app: mlc-llm's `3rdparty/tvm`); every line of `mcpm-mobile inspect` names the grep to run there. "
-        "Safest: build the app runtime from the apache/tvm commit in the versions below. Sources: "
+        "Safest: build the app runtime from the sources of the apache-tvm release listed below. Sources: "
         "`docs/contracts.md`.", "",
     ]
 
