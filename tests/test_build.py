@@ -63,6 +63,7 @@ def test_android_layout(built, target):
     pkg = json.loads((root / "mlc-package-config.json").read_text())
     assert pkg["model_list"][0]["model_lib"] == lib and pkg["model_list"][0]["estimated_vram_bytes"] > 0
     assert f"Android/data/ai.mlc.mlcchat/files/{model_id}" in (root / "push-weights.sh").read_text()
+    assert subprocess.run(["bash", "-n", root / "push-weights.sh"]).returncode == 0
     deploy = (root / "DEPLOY.md").read_text()
     assert "apache-tvm" in deploy and "--whole-archive" in deploy
     assert "Oldest runtime that loads it:** apache/tvm 141c22fd" in deploy and "mcpm-mobile inspect" in deploy
