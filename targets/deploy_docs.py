@@ -1,6 +1,7 @@
-"""DEPLOY.md: what the person integrating the package needs to know, per target."""
+"""DEPLOY.md: what the person integrating the package needs to know, per package layout."""
 from __future__ import annotations
 
+from mcpm_mobile.target import Target
 from mcpm_mobile.targets.android.asset_pack import (ASSET_PACK_LIMIT, BASE_MODULE_LIMIT, INSTALL_TIME_LIMIT,
                                                     KOTLIN_PACKAGE, LIMIT_SOURCE)
 
@@ -31,15 +32,22 @@ def runtime_section(model_lib: str, lib_path: str, compat: dict) -> list[str]:
     ]
 
 
-def android(model_id: str, model_lib: str, app_id: str, target: str, versions: dict, layout: dict) -> str:
-    harmony = target == "harmonyos"
+def mlc(target: Target, model_id: str, model_lib: str, app_id: str, versions: dict, layout: dict) -> str:
+    """DEPLOY.md of an MLC package, by the target's package layout."""
+    if target.package == "mlc-ios":
+        return ios(target, model_id, model_lib, layout["gguf"], versions, layout["compat"])
+    return android(target, model_id, model_lib, app_id, versions, layout)
+
+
+def android(target: Target, model_id: str, model_lib: str, app_id: str, versions: dict, layout: dict) -> str:
+    harmony = target.os == "harmonyos"
     lines = [
-        f"# Deploying {model_id} ({'HarmonyOS' if harmony else 'Android'})", "",
+        f"# Deploying {model_id} ({target.os_label})", "",
         "## What is here", "",
         f"- `{model_id}/`: INT4 weights in MLC-LLM's format (`tensor-cache.json`, `params_shard_*.bin`), "
         "`mlc-chat-config.json` and the tokenizer (`tokenizer.json`; MLC's Android runtime has no SentencePiece).",
         f"- `lib/{model_lib}.tar`: the model library (OpenCL kernels + aarch64 host code) as a static system library; "
-        "`lib/libmodel_android.a`: the same objects as an archive with a symbol index.",
+        f"`lib/{target.static_lib}`: the same objects as an archive with a symbol index.",
         "- `mlc-package-config.json`: MLC's package config; `bundle/mlc-app-config.json`: the app config exactly as "
         "`mlc_llm package` writes it (`model_url` is the local path `./<model_id>`, or `--model-url`).",
         f"- `push-weights.sh`: `adb push` of the weights into `/storage/emulated/0/Android/data/{app_id}/files/`.",
@@ -55,7 +63,7 @@ def android(model_id: str, model_lib: str, app_id: str, target: str, versions: d
     lines += [
         "", "## Linking the model library into an MLC4J-based app (MLCChat)", "",
         "1. Build MLC4J's runtime (`libtvm4j_runtime_packed.so`) from a TVM that loads this library (next section).",
-        "2. Link `lib/libmodel_android.a` with `-Wl,--whole-archive lib/libmodel_android.a -Wl,--no-whole-archive` "
+        f"2. Link `lib/{target.static_lib}` with `-Wl,--whole-archive lib/{target.static_lib} -Wl,--no-whole-archive` "
         "so the static registration constructors survive (MLC4J's CMakeLists does this for `model_android`).",
         "3. App config: `mlc_llm package` with `mlc-package-config.json` writes it and moves it into "
         "`mlc4j/src/main/assets/`; without it, copy `bundle/mlc-app-config.json` there. Do not put a second "
@@ -118,23 +126,23 @@ def harmonyos_section(model_id: str, gguf: str) -> list[str]:
     ]
 
 
-def ios(model_id: str, model_lib: str, gguf: str, versions: dict, compat: dict) -> str:
+def ios(target: Target, model_id: str, model_lib: str, gguf: str, versions: dict, compat: dict) -> str:
     name = gguf.rsplit("/", 1)[-1]
     return "\n".join([
         f"# Deploying {model_id} (iOS)", "",
         "## LLMFarm (llama.cpp on Metal)", "",
-        f"`llmfarm/` mirrors LLMFarm's Documents folder: `models/{name}`, `chats/` and `model_setting_templates/`. "
+        f"`{target.assets}/` mirrors LLMFarm's Documents folder: `models/{name}`, `chats/` and `model_setting_templates/`. "
         "Copy the three folders into LLMFarm's Documents through the Files app (or Finder file sharing); the chat "
         "appears in the app with MiniCPM's `<用户>{{prompt}}<AI>` format, Metal on. The GGUF uses llama.cpp's "
         "`minicpm` architecture with all three scale keys, so any current LLMFarm / llama.cpp build runs it.", "",
         "## MLC-LLM iOS apps (Metal)", "",
-        f"- `mlc/lib/{model_lib}.tar` and `mlc/lib/libmodel_iphone.a`: Metal kernels and arm64 host code as a "
+        f"- `mlc/lib/{model_lib}.tar` and `mlc/lib/{target.static_lib}`: Metal kernels and arm64 host code as a "
         "static system library.",
         f"- `mlc/bundle/mlc-app-config.json` and `mlc/bundle/{model_id}/`: the app config (`model_path` entry, as "
         "`mlc_llm package` writes it for iPhone with bundled weights) and the weights; the app reads both from "
         "`Bundle.main/bundle/`.",
         "",
-        "Add `mlc/bundle` to the app target as a folder reference named `bundle`, link `libmodel_iphone.a` with "
+        f"Add `mlc/bundle` to the app target as a folder reference named `bundle`, link `{target.static_lib}` with "
         "`-Wl,-force_load` (the registration constructors must survive), together with `libmlc_llm.a`, "
         "`libtvm_runtime.a` and the tokenizer libraries, built from a TVM that loads this library (below). The app "
         f"loads `system://{model_lib}`. Apps that need more than the default memory limit need the "

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from mcpm_mobile.errors import MCPMError
-from mcpm_mobile.targets import runtime_compat, vm_exec
+from mcpm_mobile.compiler import runtime_compat, vm_exec
 
 pytestmark = pytest.mark.slow
 

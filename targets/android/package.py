@@ -5,35 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mcpm_mobile.compiler.library import ModelLibrary, tar_members
+from mcpm_mobile.formats.mlc_app import APP_CONFIG, PACKAGE_CONFIG, android_app_config, package_config
+from mcpm_mobile.formats.weights import Weights
 from mcpm_mobile.support.ar import write_archive
-from mcpm_mobile.targets import app_config as app_configs
+from mcpm_mobile.target import Target
 from mcpm_mobile.targets.android import asset_pack
-from mcpm_mobile.targets.model_lib import tar_members
 
 DEFAULT_APP_ID = "ai.mlc.mlcchat"  # MLCChat, the upstream MLC-LLM Android app
 ONNX_APP_ID = "ai.onnxruntime.genai.demo"  # onnxruntime-inference-examples' Android onnxruntime-genai chat app
-STATIC_LIB = "libmodel_android.a"
-
-
-def write_static_lib(lib_tar: Path, dest: Path) -> Path:
-    """``libmodel_android.a``: the objects of the system-lib ``.tar`` with a symbol index."""
-    write_archive(dest, tar_members(lib_tar))
-    return dest
-
-
-def package_config(model_id: str, model_lib: str, vram: int, chat_config: dict, device: str) -> dict:
-    """``mlc-package-config.json`` in MLC's schema; the prebuilt library is named so ``mlc_llm package``
-    skips its own compile step."""
-    return {
-        "device": device,
-        "model_list": [{
-            "model": f"./{model_id}", "model_id": model_id, "estimated_vram_bytes": vram, "bundle_weight": True,
-            "model_lib": model_lib,
-            "overrides": {"context_window_size": chat_config["context_window_size"],
-                          "prefill_chunk_size": chat_config["prefill_chunk_size"]},
-        }],
-        "model_lib_path_for_prepare_libs": {model_lib: f"lib/{model_lib}.tar"},
-    }
+DEVICE = "android"  # mlc-package-config.json's device: HarmonyOS 2-4 run MLC's Android app too
 
 
 def push_script(model_id: str, app_id: str) -> str:
@@ -78,23 +59,33 @@ echo "Pushed {model_id} to /data/data/$APP_ID/$DEST (open it with new Model(path
 """
 
 
-def package(stage: Path, model_id: str, model_lib: str, vram: int, chat_config: dict, app_id: str,
+def write_push_script(stage: Path, text: str) -> None:
+    script = stage / "push-weights.sh"
+    script.write_text(text)
+    script.chmod(0o755)
+
+
+def bundle(stage: Path, folder: Path, enabled: bool) -> dict:
+    """With ``enabled``, the weights ``folder`` as install-time asset packs in ``android-app/``."""
+    if not enabled:
+        return {"assets": None, "bundled_weights_bytes": 0}
+    packs = asset_pack.write(stage, folder, folder.name)
+    return {"assets": packs["notices"], "bundled_weights_bytes": packs["bytes"], "asset_packs": packs}
+
+
+def package(stage: Path, target: Target, weights: Weights, lib: ModelLibrary, vram: int, app_id: str,
             bundle_weights: bool, model_url: str | None) -> dict:
-    """Lay out everything except the weights dir and the ``.tar`` (already in ``stage``).
+    """Lay out everything besides the weights folder and the library (already in ``stage``).
 
     ``bundle/mlc-app-config.json`` is what ``mlc_llm package`` writes and moves into mlc4j's assets;
-    nothing goes into ``app/src/main/assets/``, where it would shadow mlc4j's config in the merged APK.
+    nothing goes into the app module's assets, where it would shadow mlc4j's config in the merged APK.
     """
-    write_static_lib(stage / "lib" / f"{model_lib}.tar", stage / "lib" / STATIC_LIB)
-    (stage / "mlc-package-config.json").write_text(json.dumps(package_config(model_id, model_lib, vram, chat_config,
-                                                                             "android"), indent=2))
+    model_id = weights.dir.name
+    write_archive(lib.path.with_name(target.static_lib), tar_members(lib.path))
+    (stage / PACKAGE_CONFIG).write_text(json.dumps(package_config(model_id, lib.name, vram, weights.chat_config,
+                                                                  DEVICE), indent=2))
     (stage / "bundle").mkdir()
-    (stage / "bundle" / app_configs.FILENAME).write_text(
-        json.dumps(app_configs.android(model_id, model_lib, vram, model_url), indent=2))
-    script = stage / "push-weights.sh"
-    script.write_text(push_script(model_id, app_id))
-    script.chmod(0o755)
-    if not bundle_weights:
-        return {"assets": None, "bundled_weights_bytes": 0}
-    packs = asset_pack.write(stage, stage / model_id, model_id)
-    return {"assets": packs["notices"], "bundled_weights_bytes": packs["bytes"], "asset_packs": packs}
+    (stage / "bundle" / APP_CONFIG).write_text(
+        json.dumps(android_app_config(model_id, lib.name, vram, model_url), indent=2))
+    write_push_script(stage, push_script(model_id, app_id))
+    return bundle(stage, weights.dir, bundle_weights)

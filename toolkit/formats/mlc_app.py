@@ -1,11 +1,12 @@
-"""``mlc-app-config.json`` as MLC's apps parse it, written and checked per platform.
+"""MLC's app and package configs (``mlc-app-config.json``, ``mlc-package-config.json``) and the
+``estimated_vram_bytes`` they carry.
 
-Writers mirror mlc-ai/mlc-llm ``python/mlc_llm/interface/package.py`` (``build_model_library``):
-Android entries always carry ``model_url`` (the local path when the weights are local), iPhone
-entries with bundled weights carry ``model_path``. Checkers transcribe what the apps require:
-Android ``android/MLCChat/app/src/main/java/ai/mlc/mlcchat/AppViewModel.kt`` (Gson into Kotlin data
-classes ``AppConfig``/``ModelRecord``/``ModelConfig``/``ParamsConfig``; a missing non-null String
-crashes at launch) and iOS ``ios/MLCChat/MLCChat/Models/AppConfig.swift``, ``ModelConfig.swift``,
+App-config writers mirror mlc-ai/mlc-llm ``python/mlc_llm/interface/package.py`` (``build_model_library``):
+Android entries always carry ``model_url`` (the local path when the weights are local), iPhone entries
+with bundled weights ``model_path``. The checkers transcribe what the apps require: Android
+``android/MLCChat/app/src/main/java/ai/mlc/mlcchat/AppViewModel.kt`` (Gson into Kotlin data classes
+``AppConfig``/``ModelRecord``/``ModelConfig``/``ParamsConfig``; a missing non-null String crashes at
+launch) and iOS ``ios/MLCChat/MLCChat/Models/AppConfig.swift``, ``ModelConfig.swift``,
 ``States/AppState.swift`` (Swift ``Codable``: a missing non-optional key fails the decode).
 """
 from __future__ import annotations
@@ -14,17 +15,43 @@ import json
 from pathlib import Path
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.formats.weights import Weights
 
-FILENAME = "mlc-app-config.json"
+APP_CONFIG = "mlc-app-config.json"
+PACKAGE_CONFIG = "mlc-package-config.json"
 
 
-def android(model_id: str, model_lib: str, vram: int, model_url: str | None = None) -> dict:
+def estimated_vram_bytes(weights: Weights, metadata: dict) -> int:
+    """MLC's estimate: parameter bytes + KV cache for the full context + the largest temporary workspace
+    (``metadata``: the library's ``_metadata``)."""
+    kv = metadata["kv_cache"]
+    kv_bytes = (kv["num_hidden_layers"] * 2 * kv["num_key_value_heads"] * kv["head_dim"]
+                * metadata["context_window_size"] * metadata["max_batch_size"] * weights.quantization.dtype_bytes)
+    return int(weights.param_bytes + kv_bytes + max(metadata["memory_usage"].values(), default=0))
+
+
+def package_config(model_id: str, model_lib: str, vram: int, chat_config: dict, device: str) -> dict:
+    """``mlc-package-config.json`` in MLC's schema; the prebuilt library is named so ``mlc_llm package``
+    skips its own compile step."""
+    return {
+        "device": device,
+        "model_list": [{
+            "model": f"./{model_id}", "model_id": model_id, "estimated_vram_bytes": vram, "bundle_weight": True,
+            "model_lib": model_lib,
+            "overrides": {"context_window_size": chat_config["context_window_size"],
+                          "prefill_chunk_size": chat_config["prefill_chunk_size"]},
+        }],
+        "model_lib_path_for_prepare_libs": {model_lib: f"lib/{model_lib}.tar"},
+    }
+
+
+def android_app_config(model_id: str, model_lib: str, vram: int, model_url: str | None = None) -> dict:
     """What ``mlc_llm package`` writes for ``device: android`` (key order included)."""
     return {"model_list": [{"model_id": model_id, "model_lib": model_lib, "model_url": model_url or f"./{model_id}",
                             "estimated_vram_bytes": vram}]}
 
 
-def ios(model_id: str, model_lib: str, vram: int) -> dict:
+def ios_app_config(model_id: str, model_lib: str, vram: int) -> dict:
     """What ``mlc_llm package`` writes for ``device: iphone`` with ``bundle_weight``: ``bundle/<model_path>/``."""
     return {"model_list": [{"model_id": model_id, "model_lib": model_lib, "model_path": model_id,
                             "estimated_vram_bytes": vram}]}
@@ -46,7 +73,7 @@ def _need(path: Path, entry: dict, key: str, kinds: tuple, what: str) -> None:
         raise fail(path, f"model_list entry needs '{key}' as {what}, got {json.dumps(value)}")
 
 
-def check_android(path: Path, files_dir: Path | None = None) -> None:
+def check_android_app_config(path: Path, files_dir: Path | None = None) -> None:
     """MLCChat's ``loadAppConfig``: ``model_url``/``model_id``/``model_lib`` non-null Strings,
     ``estimated_vram_bytes`` a Long or null. With ``files_dir`` (the app's external files dir as the
     weights are pushed there), also what ``ModelState`` reads from ``<files_dir>/<model_id>/``."""
@@ -80,7 +107,7 @@ def _check_model_dir(model_dir: Path) -> None:
             raise fail(model_dir / name, "listed for the app but missing: it would try to download it")
 
 
-def check_ios(path: Path) -> None:
+def check_ios_app_config(path: Path) -> None:
     """MLCChat iOS: ``model_lib``, ``model_id`` Strings and ``estimated_vram_bytes`` an Int (all
     required by ``AppConfig.ModelRecord``); ``model_path`` or ``model_url``; a ``model_path`` entry
     needs ``<bundle>/<model_path>/mlc-chat-config.json`` with ``tokenizer_files``."""

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from mcpm_mobile.errors import fail
 from mcpm_mobile.support.ar import defined_symbols, undefined_symbols
-from mcpm_mobile.targets import vm_exec
-from mcpm_mobile.targets.model_lib import LIBRARY_BIN, tar_members
+from mcpm_mobile.compiler import vm_exec
+from mcpm_mobile.compiler.library import LIBRARY_BIN, tar_members
 
 FFI_PREFIX = "__tvm_ffi_"
 KV_CREATE = "vm.builtin.paged_attention_kv_cache_create"
