@@ -181,6 +181,14 @@ def onnxruntime(model_id: str, app_id: str, versions: dict, layout: dict) -> str
         "float32 and reserved for `search.max_length` tokens up front: lower it in `genai_config.json` on small "
         "phones. MiniCPM's prompt format is `<用户>question<AI>`.", "",
     ]
+    lines += ["## Which app runtimes load it", "",
+              "The test suite loads, tokenizes and generates with this kind of folder in onnxruntime-genai "
+              "0.18.0 and onnxruntime 1.32 (`tests/test_onnx.py`, the versions pinned in pyproject.toml's test "
+              "extra). Older onnxruntime-genai releases were not checked: `genai_config.json` is parsed strictly "
+              "(onnxruntime-genai `src/config.cpp` rejects unknown keys), so a release that lacks one of our keys "
+              "fails at `new Model(path)` naming it. The graph needs the `com.microsoft` contrib operators listed "
+              "above, which the full `onnxruntime-android` package has; a reduced-operator mobile build must "
+              "include them.", ""]
     if layout.get("asset_packs"):
         lines += asset_pack_section(model_id, layout["asset_packs"], "Model(dir.path)")
     lines += ["## Versions that built this package", "", versions_block(versions), ""]
