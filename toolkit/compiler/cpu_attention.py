@@ -262,6 +262,280 @@ def prefill_ragged_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim:
     return batch_prefill_ragged_kv
 
 
+
+# --- tiled prefill attention (ragged self-attention and paged cross-attention) ------------------------------------
+#
+# One work item is (sequence, KV head, block of TB query tokens): its R = TB * group query rows (all the query
+# heads that share the KV head) meet each 16-key chunk once. The chunk's K is converted to float32 and
+# transposed into KT[D, 16] (RoPE applied there in inline-rotary mode), V into Vs[16, D]; then per row the 16
+# scores are one vector (D broadcast-FMAs along the keys), the online softmax is updated once per chunk with a
+# vector exp2, and P.V is 16 x D/16 FMAs. Keys past a row's causal limit get a score of -5e4 (exp2 -> 0).
+
+TB_ROWS = 64  # query rows per work item: TB = max(1, TB_ROWS // group) tokens
+
+
+def _exp2(x, lanes):
+    """exp2 of a float32 vector of non-positive values: 2^round(x) by exponent bits times a degree-6 polynomial
+    of the remainder in [-0.5, 0.5] (relative error ~1e-7); below -126 it returns 2^-126 (~1e-38)."""
+    x = T.max(x, T.Broadcast(T.float32(-126), lanes))
+    n = T.floor(x + T.Broadcast(T.float32(0.5), lanes))
+    f = x - n
+    p = T.Broadcast(T.float32(1.540353039e-4), lanes)
+    for c in (1.333355815e-3, 9.618129108e-3, 5.550410866e-2, 2.402265070e-1, 6.931471806e-1, 1.0):
+        p = p * f + T.Broadcast(T.float32(c), lanes)
+    bits = T.shift_left(T.Cast(f"int32x{lanes}", n) + T.Broadcast(T.int32(127), lanes),
+                        T.Broadcast(T.int32(23), lanes))
+    return p * T.reinterpret(f"float32x{lanes}", bits)
+
+
+def _reduce(v, lanes, op):
+    width = lanes
+    while width > 1:
+        width //= 2
+        v = op(tvm.tirx.Shuffle([v], list(range(width))), tvm.tirx.Shuffle([v], list(range(width, 2 * width))))
+    return v
+
+
+def _chunk_update(D: int):
+    """Macro: fold one 16-key chunk (KT, Vs filled; keys >= ``lim`` masked) into row ``r``'s running state."""
+    L = LANES
+
+    @T.macro(hygienic=False)
+    def update(Qs, Os, KT, Vs, ms, ls, sv, r, c0, lim):
+        sv[T.ramp(0, 1, L)] = T.Broadcast(T.float32(0), L)
+        for d in range(D):
+            sv[T.ramp(0, 1, L)] = sv[T.ramp(0, 1, L)] + T.Broadcast(Qs[r * D + d], L) * KT[T.ramp(d * L, 1, L)]
+        sv[T.ramp(0, 1, L)] = T.Select(T.ramp(c0, 1, L) < T.Broadcast(lim, L), sv[T.ramp(0, 1, L)],
+                                       T.Broadcast(T.float32(-5e4), L))
+        sv[L] = T.max(ms[r], _reduce(sv[T.ramp(0, 1, L)], L, T.max))
+        sv[L + 1] = T.exp2(ms[r] - sv[L])
+        ms[r] = sv[L]
+        sv[T.ramp(0, 1, L)] = _exp2(sv[T.ramp(0, 1, L)] - T.Broadcast(sv[L], L), L)
+        ls[r] = ls[r] * sv[L + 1] + _reduce(sv[T.ramp(0, 1, L)], L, lambda a, b: a + b)
+        for j in range(D // L):
+            Os[T.ramp(r * D + j * L, 1, L)] = Os[T.ramp(r * D + j * L, 1, L)] * T.Broadcast(sv[L + 1], L)
+        for t in range(L):
+            for j in range(D // L):
+                Os[T.ramp(r * D + j * L, 1, L)] = (Os[T.ramp(r * D + j * L, 1, L)]
+                                                  + T.Broadcast(sv[t], L) * Vs[T.ramp(t * D + j * L, 1, L)])
+
+    return update
+
+
+def prefill_ragged_tiled(num_kv_heads: int, num_qo_heads: int, head_dim: int, qkv_dtype: str, rope_scaling: dict):
+    """Drop-in for TVM's ``batch_prefill_ragged_kv`` CPU kernel: attention of a prefill chunk to itself."""
+    H_qo, H_kv, D, L = num_qo_heads, num_kv_heads, head_dim, LANES
+    group = H_qo // H_kv
+    TB = max(1, TB_ROWS // group)
+    R = TB * group
+    scale = math.log2(math.exp(1))
+    update = _chunk_update(D)
+
+    @T.prim_func(s_tir=True)
+    def batch_prefill_ragged_kv(var_q: T.handle, var_q_indptr: T.handle, var_k: T.handle, var_v: T.handle,
+                                var_kv_indptr: T.handle, var_q_rope_position: T.handle,
+                                var_k_rope_pos_offset: T.handle, var_output: T.handle, var_lse: T.handle,
+                                causal: T.int32, rotary_mode: T.int32, rope_scale: T.float32, rope_theta: T.float32,
+                                sm_scale: T.float32):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        batch_size, qo_len, kv_len = T.int32(), T.int32(), T.int32()
+        q_indptr_elem_offset, kv_indptr_elem_offset = T.int32(), T.int32()
+        q_rope_position_elem_offset, k_rope_pos_offset_elem_offset = T.int32(), T.int32()
+        q = T.match_buffer(var_q, (qo_len, H_qo, D), qkv_dtype)
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset)
+        k = T.match_buffer(var_k, (kv_len, H_kv, D), qkv_dtype)
+        v = T.match_buffer(var_v, (kv_len, H_kv, D), qkv_dtype)
+        kv_indptr = T.match_buffer(var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_indptr_elem_offset)
+        q_rope_position = T.match_buffer(var_q_rope_position, (qo_len,), "int32",
+                                         elem_offset=q_rope_position_elem_offset)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32",
+                                           elem_offset=k_rope_pos_offset_elem_offset)
+        output = T.match_buffer(var_output, (qo_len, H_qo, D), qkv_dtype)
+        lse = T.match_buffer(var_lse, (qo_len, H_qo), "float32")
+
+        for b in T.serial(batch_size):
+            for item in T.parallel(H_kv * T.ceildiv(q_indptr[b + 1] - q_indptr[b], TB)):
+                with T.sblock("attn"):
+                    vb, vi = T.axis.remap("SS", [b, item])
+                    T.reads()
+                    T.writes()
+                    Qs = T.sblock_alloc_buffer((R * D,), "float32")
+                    Os = T.sblock_alloc_buffer((R * D,), "float32")
+                    KT = T.sblock_alloc_buffer((D * L,), "float32")
+                    Vs = T.sblock_alloc_buffer((L * D,), "float32")
+                    ms = T.sblock_alloc_buffer((R,), "float32")
+                    ls = T.sblock_alloc_buffer((R,), "float32")
+                    sv = T.sblock_alloc_buffer((L + 2,), "float32")
+                    hk: T.let[T.int32] = vi % H_kv
+                    t0: T.let[T.int32] = vi // H_kv * TB
+                    q0: T.let[T.int32] = q_indptr[vb]
+                    n_q: T.let[T.int32] = q_indptr[vb + 1] - q_indptr[vb]
+                    k0: T.let[T.int32] = kv_indptr[vb]
+                    n_kv: T.let[T.int32] = kv_indptr[vb + 1] - kv_indptr[vb]
+                    t_end: T.let[T.int32] = T.min(t0 + TB, n_q)
+                    n_vis: T.let[T.int32] = T.if_then_else(causal > 0, T.min(n_kv - n_q + t_end, n_kv), n_kv)
+                    for r in T.serial(R):
+                        for d in T.serial(D):
+                            Qs[r * D + d] = T.if_then_else(
+                                t0 + r // group < n_q,
+                                T.if_then_else(
+                                    rotary_mode == 1,
+                                    _rope(q, q_rope_position[q0 + t0 + r // group], D, rope_theta, rope_scale,
+                                          (q0 + t0 + r // group, hk * group + r % group, d), qkv_dtype, rope_scaling),
+                                    T.Cast("float32", q[q0 + t0 + r // group, hk * group + r % group, d])),
+                                T.float32(0)) * (sm_scale * scale)
+                        for d in T.vectorized(D):
+                            Os[r * D + d] = T.float32(0)
+                        ms[r] = T.float32(-5e4)
+                        ls[r] = T.float32(0)
+                    for c in T.serial(T.ceildiv(n_vis, L)):
+                        for j in T.serial(L):
+                            if c * L + j < n_kv:
+                                if rotary_mode == 1:
+                                    for d in T.serial(D):
+                                        KT[d * L + j] = _rope(k, k_rope_pos_offset[vb] + c * L + j, D, rope_theta,
+                                                              rope_scale, (k0 + c * L + j, hk, d), qkv_dtype,
+                                                              rope_scaling)
+                                else:
+                                    for d in T.serial(D):
+                                        KT[d * L + j] = T.Cast("float32", k[k0 + c * L + j, hk, d])
+                                for d in T.vectorized(D):
+                                    Vs[j * D + d] = T.Cast("float32", v[k0 + c * L + j, hk, d])
+                            else:
+                                for d in T.serial(D):
+                                    KT[d * L + j] = T.float32(0)
+                                for d in T.vectorized(D):
+                                    Vs[j * D + d] = T.float32(0)
+                        for r in T.serial(R):
+                            if t0 + r // group < n_q:
+                                if c * L < T.if_then_else(causal > 0, T.min(n_kv - n_q + t0 + r // group + 1, n_kv), n_kv):
+                                    update(Qs, Os, KT, Vs, ms, ls, sv, r, c * L,
+                                           T.if_then_else(causal > 0, T.min(n_kv - n_q + t0 + r // group + 1, n_kv), n_kv))
+                    for r in T.serial(R):
+                        if t0 + r // group < n_q:
+                            for d in T.serial(D):
+                                output[q0 + t0 + r // group, hk * group + r % group, d] = T.Cast(
+                                    qkv_dtype, Os[r * D + d] / T.max(ls[r], T.float32(1e-30)))
+                            lse[q0 + t0 + r // group, hk * group + r % group] = ms[r] + T.log2(T.max(ls[r], T.float32(1e-30)))
+
+    return batch_prefill_ragged_kv
+
+
+PAGED_SYMBOL = "batch_prefill_paged_kv_cpu"
+
+
+def prefill_paged_tiled(num_kv_heads: int, num_qo_heads: int, head_dim: int, qkv_dtype: str, rope_scaling: dict,
+                        page_size: int = 16):
+    """Drop-in for TVM's ``batch_prefill_paged_kv_cpu`` (a prefill chunk's attention to the KV cache pages).
+
+    TVM's version is scalar, single-threaded, visits ``max_num_pages * page_size`` rows for every query row
+    and head (the whole cache's capacity, not the sequence's length) and rescales its output with
+    ``scale_O[d_idx]``, a one-element buffer read out of bounds for d > 0.
+    """
+    H_qo, H_kv, D, L, P = num_qo_heads, num_kv_heads, head_dim, LANES, page_size
+    group = H_qo // H_kv
+    TB = max(1, TB_ROWS // group)
+    R = TB * group
+    scale = math.log2(math.exp(1))
+    update = _chunk_update(D)
+
+    @T.prim_func(s_tir=True)
+    def batch_prefill_paged_kv_cpu(var_q: T.handle, var_q_indptr: T.handle, var_pages: T.handle,
+                                   var_page_indptr: T.handle, var_page_values: T.handle, var_length_info: T.handle,
+                                   var_k_rope_pos_offset: T.handle, var_q_rope_position: T.handle,
+                                   var_output: T.handle, var_lse: T.handle, causal: T.int32, rotary_mode: T.int32,
+                                   rope_scale: T.float32, rope_theta: T.float32, sm_scale: T.float32):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        batch_size, total_len, nnz_pages, max_num_pages = T.int32(), T.int32(), T.int32(), T.int32()
+        q_indptr_elem_offset, page_indptr_elem_offset, page_values_elem_offset = T.int32(), T.int32(), T.int32()
+        k_rope_pos_offset_elem_offset, q_rope_position_elem_offset = T.int32(), T.int32()
+        length_info_elem_offset = T.int32()
+        q = T.match_buffer(var_q, (total_len, H_qo, D), qkv_dtype)
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset)
+        pages = T.match_buffer(var_pages, (max_num_pages, 2, H_kv, P, D), qkv_dtype)
+        page_indptr = T.match_buffer(var_page_indptr, (batch_size + 1,), "int32", elem_offset=page_indptr_elem_offset)
+        page_values = T.match_buffer(var_page_values, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32",
+                                           elem_offset=k_rope_pos_offset_elem_offset)
+        q_rope_position = T.match_buffer(var_q_rope_position, (total_len,), "int32",
+                                         elem_offset=q_rope_position_elem_offset)
+        output = T.match_buffer(var_output, (total_len, H_qo, D), qkv_dtype)
+        lse = T.match_buffer(var_lse, (total_len, H_qo), "float32")
+        length_info = _declare_length_info(var_length_info, batch_size, False, length_info_elem_offset)
+
+        for b in T.serial(batch_size):
+            for item in T.parallel(H_kv * T.ceildiv(q_indptr[b + 1] - q_indptr[b], TB)):
+                with T.sblock("attn"):
+                    vb, vi = T.axis.remap("SS", [b, item])
+                    T.reads()
+                    T.writes()
+                    Qs = T.sblock_alloc_buffer((R * D,), "float32")
+                    Os = T.sblock_alloc_buffer((R * D,), "float32")
+                    KT = T.sblock_alloc_buffer((D * L,), "float32")
+                    Vs = T.sblock_alloc_buffer((L * D,), "float32")
+                    ms = T.sblock_alloc_buffer((R,), "float32")
+                    ls = T.sblock_alloc_buffer((R,), "float32")
+                    sv = T.sblock_alloc_buffer((L + 2,), "float32")
+                    hk: T.let[T.int32] = vi % H_kv
+                    t0: T.let[T.int32] = vi // H_kv * TB
+                    q0: T.let[T.int32] = q_indptr[vb]
+                    n_q: T.let[T.int32] = q_indptr[vb + 1] - q_indptr[vb]
+                    p0: T.let[T.int32] = page_indptr[vb]
+                    n_kv: T.let[T.int32] = T.if_then_else(
+                        p0 != page_indptr[vb + 1],
+                        _get_kv_chunk_len(page_indptr[vb + 1] - p0, P, vb, length_info, False), 0)
+                    t_end: T.let[T.int32] = T.min(t0 + TB, n_q)
+                    n_vis: T.let[T.int32] = T.if_then_else(causal > 0, T.min(n_kv - n_q + t_end, n_kv), n_kv)
+                    for r in T.serial(R):
+                        for d in T.serial(D):
+                            Qs[r * D + d] = T.if_then_else(
+                                t0 + r // group < n_q,
+                                T.if_then_else(
+                                    rotary_mode == 1,
+                                    _rope(q, q_rope_position[q0 + t0 + r // group], D, rope_theta, rope_scale,
+                                          (q0 + t0 + r // group, hk * group + r % group, d), qkv_dtype, rope_scaling),
+                                    T.Cast("float32", q[q0 + t0 + r // group, hk * group + r % group, d])),
+                                T.float32(0)) * (sm_scale * scale)
+                        for d in T.vectorized(D):
+                            Os[r * D + d] = T.float32(0)
+                        ms[r] = T.float32(-5e4)
+                        ls[r] = T.float32(0)
+                    for c in T.serial(T.ceildiv(n_vis, L)):
+                        for j in T.serial(L):
+                            if c * L + j < n_kv:
+                                page: T.let[T.int32] = page_values[p0 + _get_seq_offset(c * L + j, vb, length_info,
+                                                                                        False) // P]
+                                slot: T.let[T.int32] = _get_seq_offset(c * L + j, vb, length_info, False) % P
+                                if rotary_mode == 1:
+                                    for d in T.serial(D):
+                                        KT[d * L + j] = _rope(pages, k_rope_pos_offset[vb] + c * L + j, D, rope_theta,
+                                                              rope_scale, (page, 0, hk, slot, d), qkv_dtype,
+                                                              rope_scaling)
+                                else:
+                                    for d in T.serial(D):
+                                        KT[d * L + j] = T.Cast("float32", pages[page, 0, hk, slot, d])
+                                for d in T.vectorized(D):
+                                    Vs[j * D + d] = T.Cast("float32", pages[page, 1, hk, slot, d])
+                            else:
+                                for d in T.serial(D):
+                                    KT[d * L + j] = T.float32(0)
+                                for d in T.vectorized(D):
+                                    Vs[j * D + d] = T.float32(0)
+                        for r in T.serial(R):
+                            if t0 + r // group < n_q:
+                                if c * L < T.if_then_else(causal > 0, T.min(n_kv - n_q + t0 + r // group + 1, n_kv), n_kv):
+                                    update(Qs, Os, KT, Vs, ms, ls, sv, r, c * L,
+                                           T.if_then_else(causal > 0, T.min(n_kv - n_q + t0 + r // group + 1, n_kv), n_kv))
+                    for r in T.serial(R):
+                        if t0 + r // group < n_q:
+                            for d in T.serial(D):
+                                output[q0 + t0 + r // group, hk * group + r % group, d] = T.Cast(
+                                    qkv_dtype, Os[r * D + d] / T.max(ls[r], T.float32(1e-30)))
+                            lse[q0 + t0 + r // group, hk * group + r % group] = ms[r] + T.log2(T.max(ls[r], T.float32(1e-30)))
+
+    return batch_prefill_paged_kv_cpu
+
+
 def _kernel_params(func: tvm.tirx.PrimFunc):
     """(H_qo, H_kv, D, page_size, dtype) read off TVM's kernel (Q [B, H_qo, D], pages [.., 2, H_kv, P, D])."""
     import re
@@ -285,6 +559,18 @@ def _ragged_params(func: tvm.tirx.PrimFunc):
     if not q or not k or not v or not (q.group(2) == k.group(2) == v.group(2)):
         return None
     return int(q.group(1)), int(k.group(1)), int(q.group(2)), q.group(3)
+
+
+def _paged_params(func: tvm.tirx.PrimFunc):
+    """(H_qo, H_kv, D, page_size, dtype) of TVM's paged prefill kernel (q [total_len, H_qo, D], pages [.., 2, H_kv, P, D])."""
+    import re
+
+    head = func.script().split("):\n", 1)[0]
+    q = re.search(r'q: T\.Buffer\(\("?total_len"?, (\d+), (\d+)\), "(\w+)"\)', head)
+    p = re.search(r'pages: T\.Buffer\(\("?max_num_pages"?, 2, (\d+), (\d+), (\d+)\)', head)
+    if not q or not p or p.group(3) != q.group(2):
+        return None
+    return int(q.group(1)), int(p.group(1)), int(q.group(2)), int(p.group(2)), q.group(3)
 
 
 @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUAttention")
@@ -312,5 +598,13 @@ def ReplaceCPUAttention(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 
             h_qo, h_kv, d, dtype = params
             if d % LANES or h_qo % h_kv:
                 continue
-            mod[gv] = prefill_ragged_attention_cpu(h_kv, h_qo, d, dtype, {})
+            mod[gv] = prefill_ragged_tiled(h_kv, h_qo, d, dtype, {})
+        elif gv.name_hint == PAGED_SYMBOL:
+            params = _paged_params(func)
+            if params is None:
+                continue
+            h_qo, h_kv, d, page, dtype = params
+            if d % LANES or h_qo % h_kv:
+                continue
+            mod[gv] = prefill_paged_tiled(h_kv, h_qo, d, dtype, {}, page)
     return mod
