@@ -79,3 +79,33 @@ def test_paged_prefill(n_q, n_kv, causal):
     ref, ref_lse = reference(q, k, v, causal, 1 / math.sqrt(D))
     np.testing.assert_allclose(out.numpy().astype(np.float32), ref, atol=2e-3, rtol=2e-3)
     np.testing.assert_allclose(lse.numpy(), ref_lse, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_kv", [1, 16, 45])
+def test_grouped_decode(n_kv):
+    """Two sequences, one query token each, KV in shuffled pages (the grouped-query decode kernel)."""
+    rng = np.random.default_rng(n_kv)
+    lens = [n_kv, n_kv + 7]
+    q = rng.standard_normal((2, H_QO, D)).astype(np.float16)
+    ks = [rng.standard_normal((n, H_KV, D)).astype(np.float16) for n in lens]
+    vs = [rng.standard_normal((n, H_KV, D)).astype(np.float16) for n in lens]
+    counts = [-(-n // P) for n in lens]
+    order = rng.permutation(sum(counts) + 2)[:sum(counts)].astype(np.int32)
+    pages = rng.standard_normal((sum(counts) + 2, 2, H_KV, P, D)).astype(np.float16)
+    start = 0
+    for n, k, v, c in zip(lens, ks, vs, counts):
+        for i in range(n):
+            pages[order[start + i // P], 0, :, i % P] = k[i]
+            pages[order[start + i // P], 1, :, i % P] = v[i]
+        start += c
+    f = build(cpu_attention.decode_attention_tiled(H_KV, H_QO, D, "float16", {}, P))
+    dev = tvm.cpu()
+    t = lambda a: tvm.runtime.tensor(np.ascontiguousarray(a), dev)  # noqa: E731
+    out, lse = t(np.zeros_like(q)), t(np.zeros((2, H_QO), np.float32))
+    last = np.array([n - (c - 1) * P for n, c in zip(lens, counts)], np.int32)
+    f(t(q), t(pages), t(np.array([0, counts[0], sum(counts)], np.int32)), t(order), t(last),
+      t(np.zeros(2, np.int32)), t(np.array(lens, np.int32)), out, lse, 0, 1.0, 1e4, 1 / math.sqrt(D))
+    for b in range(2):
+        ref, ref_lse = reference(q[b:b + 1], ks[b], vs[b], 0, 1 / math.sqrt(D))
+        np.testing.assert_allclose(out.numpy()[b].astype(np.float32), ref[0], atol=2e-3, rtol=2e-3)
+        np.testing.assert_allclose(lse.numpy()[b], ref_lse[0], atol=1e-3, rtol=1e-4)

@@ -266,11 +266,11 @@ def prefill_ragged_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim:
 # --- tiled prefill attention (ragged self-attention and paged cross-attention) ------------------------------------
 #
 # One work item is (sequence, KV head, block of TB query tokens): its R = TB * group query rows (all the query
-# heads that share the KV head) meet each 16-key chunk once. The chunk's K is converted to float32 and
-# transposed into KT[D, 16] (RoPE applied there in inline-rotary mode), V into Vs[16, D]; then per row the 16
-# scores are one vector (D broadcast-FMAs along the keys), the online softmax is updated once per chunk with a
-# vector exp2, and P.V is 16 x D/16 FMAs. Keys past a row's causal limit get a score of -5e4 (exp2 -> 0).
+# heads that share the KV head) meet each 16-key chunk once. The chunk's K and V are converted to float32 once
+# (Ks, Vs [16, D]; RoPE applied to Ks in inline-rotary mode); then per row the 16 scores are one vector
+# (``_scores``), the online softmax is updated once per chunk with a vector exp2, and P.V is 16 x D/16 FMAs. Keys past a row's causal limit get a score of -5e4 (exp2 -> 0).
 
+GQA_ROWS = 4  # decode: query heads per KV head from which the grouped kernel wins
 TB_ROWS = 64  # query rows per work item: TB = max(1, TB_ROWS // group) tokens
 
 
@@ -296,16 +296,46 @@ def _reduce(v, lanes, op):
     return v
 
 
+def _scores(Qs, Ks, r, D: int):
+    """The 16 scores of query row ``r`` against the chunk's keys (Ks row-major [16, D], float32) as one vector.
+
+    Each key's D/16 products are summed lane-wise (one vector per key); then a butterfly folds the 16 vectors
+    into one: at each level two vectors' halves are interleaved and added (15 folds of 2 shuffles + 1 add,
+    instead of 16 horizontal sums), and a final shuffle puts key j in lane j.
+    """
+    L = LANES
+    vecs = []
+    for j in range(L):
+        acc = None
+        for blk in range(D // L):
+            term = Qs[T.ramp(r * D + blk * L, 1, L)] * Ks[T.ramp(j * D + blk * L, 1, L)]
+            acc = term if acc is None else acc + term
+        vecs.append((acc, [j] * L))
+    bs = L // 2
+    while len(vecs) > 1:
+        nxt = []
+        for (a, ka), (b, kb) in zip(vecs[0::2], vecs[1::2]):
+            lo, hi, keys = [], [], []
+            for src, base, labels in ((0, 0, ka), (L, L, kb)):
+                for blk in range(L // (2 * bs)):
+                    for i in range(bs):
+                        lo.append(base + blk * 2 * bs + i)
+                        hi.append(base + blk * 2 * bs + bs + i)
+                        assert labels[blk * 2 * bs + i] == labels[blk * 2 * bs + bs + i]
+                        keys.append(labels[blk * 2 * bs + i])
+            nxt.append((tvm.tirx.Shuffle([a, b], lo) + tvm.tirx.Shuffle([a, b], hi), keys))
+        vecs, bs = nxt, bs // 2
+    v, keys = vecs[0]
+    return tvm.tirx.Shuffle([v], [keys.index(j) for j in range(L)])
+
+
 def _chunk_update(D: int):
-    """Macro: fold one 16-key chunk (KT, Vs filled; keys >= ``lim`` masked) into row ``r``'s running state."""
+    """Macro: fold one 16-key chunk (Ks, Vs filled row-major; keys >= ``lim`` masked) into row ``r``'s state."""
     L = LANES
 
     @T.macro(hygienic=False)
-    def update(Qs, Os, KT, Vs, ms, ls, sv, r, c0, lim):
-        sv[T.ramp(0, 1, L)] = T.Broadcast(T.float32(0), L)
-        for d in range(D):
-            sv[T.ramp(0, 1, L)] = sv[T.ramp(0, 1, L)] + T.Broadcast(Qs[r * D + d], L) * KT[T.ramp(d * L, 1, L)]
-        sv[T.ramp(0, 1, L)] = T.Select(T.ramp(c0, 1, L) < T.Broadcast(lim, L), sv[T.ramp(0, 1, L)],
+    def update(Qs, Os, Ks, Vs, ms, ls, sv, r, c0, lim):
+        sv[T.ramp(0, 1, L)] = T.Select(T.ramp(c0, 1, L) < T.Broadcast(lim, L), _scores(Qs, Ks, r, D),
                                        T.Broadcast(T.float32(-5e4), L))
         sv[L] = T.max(ms[r], _reduce(sv[T.ramp(0, 1, L)], L, T.max))
         sv[L + 1] = T.exp2(ms[r] - sv[L])
@@ -361,7 +391,7 @@ def prefill_ragged_tiled(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                     T.writes()
                     Qs = T.sblock_alloc_buffer((R * D,), "float32")
                     Os = T.sblock_alloc_buffer((R * D,), "float32")
-                    KT = T.sblock_alloc_buffer((D * L,), "float32")
+                    Ks = T.sblock_alloc_buffer((L * D,), "float32")
                     Vs = T.sblock_alloc_buffer((L * D,), "float32")
                     ms = T.sblock_alloc_buffer((R,), "float32")
                     ls = T.sblock_alloc_buffer((R,), "float32")
@@ -393,23 +423,23 @@ def prefill_ragged_tiled(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                             if c * L + j < n_kv:
                                 if rotary_mode == 1:
                                     for d in T.serial(D):
-                                        KT[d * L + j] = _rope(k, k_rope_pos_offset[vb] + c * L + j, D, rope_theta,
+                                        Ks[j * D + d] = _rope(k, k_rope_pos_offset[vb] + c * L + j, D, rope_theta,
                                                               rope_scale, (k0 + c * L + j, hk, d), qkv_dtype,
                                                               rope_scaling)
                                 else:
-                                    for d in T.serial(D):
-                                        KT[d * L + j] = T.Cast("float32", k[k0 + c * L + j, hk, d])
+                                    for d in T.vectorized(D):
+                                        Ks[j * D + d] = T.Cast("float32", k[k0 + c * L + j, hk, d])
                                 for d in T.vectorized(D):
                                     Vs[j * D + d] = T.Cast("float32", v[k0 + c * L + j, hk, d])
                             else:
-                                for d in T.serial(D):
-                                    KT[d * L + j] = T.float32(0)
+                                for d in T.vectorized(D):
+                                    Ks[j * D + d] = T.float32(0)
                                 for d in T.vectorized(D):
                                     Vs[j * D + d] = T.float32(0)
                         for r in T.serial(R):
                             if t0 + r // group < n_q:
                                 if c * L < T.if_then_else(causal > 0, T.min(n_kv - n_q + t0 + r // group + 1, n_kv), n_kv):
-                                    update(Qs, Os, KT, Vs, ms, ls, sv, r, c * L,
+                                    update(Qs, Os, Ks, Vs, ms, ls, sv, r, c * L,
                                            T.if_then_else(causal > 0, T.min(n_kv - n_q + t0 + r // group + 1, n_kv), n_kv))
                     for r in T.serial(R):
                         if t0 + r // group < n_q:
@@ -471,7 +501,7 @@ def prefill_paged_tiled(num_kv_heads: int, num_qo_heads: int, head_dim: int, qkv
                     T.writes()
                     Qs = T.sblock_alloc_buffer((R * D,), "float32")
                     Os = T.sblock_alloc_buffer((R * D,), "float32")
-                    KT = T.sblock_alloc_buffer((D * L,), "float32")
+                    Ks = T.sblock_alloc_buffer((L * D,), "float32")
                     Vs = T.sblock_alloc_buffer((L * D,), "float32")
                     ms = T.sblock_alloc_buffer((R,), "float32")
                     ls = T.sblock_alloc_buffer((R,), "float32")
@@ -508,23 +538,23 @@ def prefill_paged_tiled(num_kv_heads: int, num_qo_heads: int, head_dim: int, qkv
                                 slot: T.let[T.int32] = _get_seq_offset(c * L + j, vb, length_info, False) % P
                                 if rotary_mode == 1:
                                     for d in T.serial(D):
-                                        KT[d * L + j] = _rope(pages, k_rope_pos_offset[vb] + c * L + j, D, rope_theta,
+                                        Ks[j * D + d] = _rope(pages, k_rope_pos_offset[vb] + c * L + j, D, rope_theta,
                                                               rope_scale, (page, 0, hk, slot, d), qkv_dtype,
                                                               rope_scaling)
                                 else:
-                                    for d in T.serial(D):
-                                        KT[d * L + j] = T.Cast("float32", pages[page, 0, hk, slot, d])
+                                    for d in T.vectorized(D):
+                                        Ks[j * D + d] = T.Cast("float32", pages[page, 0, hk, slot, d])
                                 for d in T.vectorized(D):
                                     Vs[j * D + d] = T.Cast("float32", pages[page, 1, hk, slot, d])
                             else:
-                                for d in T.serial(D):
-                                    KT[d * L + j] = T.float32(0)
+                                for d in T.vectorized(D):
+                                    Ks[j * D + d] = T.float32(0)
                                 for d in T.vectorized(D):
                                     Vs[j * D + d] = T.float32(0)
                         for r in T.serial(R):
                             if t0 + r // group < n_q:
                                 if c * L < T.if_then_else(causal > 0, T.min(n_kv - n_q + t0 + r // group + 1, n_kv), n_kv):
-                                    update(Qs, Os, KT, Vs, ms, ls, sv, r, c * L,
+                                    update(Qs, Os, Ks, Vs, ms, ls, sv, r, c * L,
                                            T.if_then_else(causal > 0, T.min(n_kv - n_q + t0 + r // group + 1, n_kv), n_kv))
                     for r in T.serial(R):
                         if t0 + r // group < n_q:
@@ -534,6 +564,103 @@ def prefill_paged_tiled(num_kv_heads: int, num_qo_heads: int, head_dim: int, qkv
                             lse[q0 + t0 + r // group, hk * group + r % group] = ms[r] + T.log2(T.max(ls[r], T.float32(1e-30)))
 
     return batch_prefill_paged_kv_cpu
+
+
+
+def decode_attention_tiled(num_kv_heads: int, num_qo_heads: int, head_dim: int, qkv_dtype: str, rope_scaling: dict,
+                           page_size: int = 16):
+    """Drop-in for TVM's ``batch_decode_paged_kv_cpu`` for grouped-query attention (group >= 4).
+
+    One work item per (sequence, KV head): the group's query heads are its rows, so each K/V row of the
+    cache is read and converted once for the whole group (``decode_attention_cpu`` reads it once per query
+    head); scores, softmax and P.V as in the tiled prefill kernels.
+    """
+    H_qo, H_kv, D, L, P = num_qo_heads, num_kv_heads, head_dim, LANES, page_size
+    R = H_qo // H_kv
+    scale = math.log2(math.exp(1))
+    update = _chunk_update(D)
+
+    @T.prim_func(s_tir=True)
+    def batch_decode_paged_kv(Q_handle: T.handle, pages_handle: T.handle, page_table_indptr_handle: T.handle,
+                              page_table_values_handle: T.handle, var_length_info: T.handle,
+                              k_rope_pos_offset_handle: T.handle, q_rope_position_handle: T.handle,
+                              output_handle: T.handle, lse_handle: T.handle, rotary_mode: T.int32,
+                              rope_scale: T.float32, rope_theta: T.float32, sm_scale: T.float32):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        B, nnz_pages, max_num_pages = T.int32(), T.int32(), T.int32()
+        page_indptr_elem_offset, page_values_elem_offset = T.int32(), T.int32()
+        k_rope_pos_offset_elem_offset, q_rope_position_elem_offset = T.int32(), T.int32()
+        length_info_elem_offset = T.int32()
+        Q = T.match_buffer(Q_handle, (B, H_qo, D), qkv_dtype)
+        pages = T.match_buffer(pages_handle, (max_num_pages, 2, H_kv, P, D), qkv_dtype)
+        page_table_indptr = T.match_buffer(page_table_indptr_handle, (B + 1,), "int32",
+                                           elem_offset=page_indptr_elem_offset)
+        page_table_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32",
+                                           elem_offset=page_values_elem_offset)
+        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32",
+                                           elem_offset=k_rope_pos_offset_elem_offset)
+        q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset)
+        output = T.match_buffer(output_handle, (B, H_qo, D), qkv_dtype)
+        lse = T.match_buffer(lse_handle, (B, H_qo), "float32")
+        length_info = _declare_length_info(var_length_info, B, False, length_info_elem_offset)
+
+        for item in T.parallel(B * H_kv):
+            with T.sblock("attn"):
+                vi = T.axis.spatial(B * H_kv, item)
+                T.reads()
+                T.writes()
+                Qs = T.sblock_alloc_buffer((R * D,), "float32")
+                Os = T.sblock_alloc_buffer((R * D,), "float32")
+                Ks = T.sblock_alloc_buffer((L * D,), "float32")
+                Vs = T.sblock_alloc_buffer((L * D,), "float32")
+                ms = T.sblock_alloc_buffer((R,), "float32")
+                ls = T.sblock_alloc_buffer((R,), "float32")
+                sv = T.sblock_alloc_buffer((L + 2,), "float32")
+                b: T.let[T.int32] = vi // H_kv
+                hk: T.let[T.int32] = vi % H_kv
+                p0: T.let[T.int32] = page_table_indptr[b]
+                n_kv: T.let[T.int32] = T.if_then_else(
+                    p0 != page_table_indptr[b + 1],
+                    _get_kv_chunk_len(page_table_indptr[b + 1] - p0, P, b, length_info, False), 0)
+                for r in T.serial(R):
+                    for d in T.serial(D):
+                        Qs[r * D + d] = T.if_then_else(
+                            rotary_mode == 1,
+                            _rope(Q, q_rope_position[b], D, rope_theta, rope_scale, (b, hk * R + r, d), qkv_dtype,
+                                  rope_scaling),
+                            T.Cast("float32", Q[b, hk * R + r, d])) * (sm_scale * scale)
+                    for d in T.vectorized(D):
+                        Os[r * D + d] = T.float32(0)
+                    ms[r] = T.float32(-5e4)
+                    ls[r] = T.float32(0)
+                for c in T.serial(T.ceildiv(n_kv, L)):
+                    for j in T.serial(L):
+                        if c * L + j < n_kv:
+                            page: T.let[T.int32] = page_table_values[
+                                p0 + _get_seq_offset(c * L + j, b, length_info, False) // P]
+                            slot: T.let[T.int32] = _get_seq_offset(c * L + j, b, length_info, False) % P
+                            if rotary_mode == 1:
+                                for d in T.serial(D):
+                                    Ks[j * D + d] = _rope(pages, k_rope_pos_offset[b] + c * L + j, D, rope_theta,
+                                                          rope_scale, (page, 0, hk, slot, d), qkv_dtype, rope_scaling)
+                            else:
+                                for d in T.vectorized(D):
+                                    Ks[j * D + d] = T.Cast("float32", pages[page, 0, hk, slot, d])
+                            for d in T.vectorized(D):
+                                Vs[j * D + d] = T.Cast("float32", pages[page, 1, hk, slot, d])
+                        else:
+                            for d in T.vectorized(D):
+                                Ks[j * D + d] = T.float32(0)
+                            for d in T.vectorized(D):
+                                Vs[j * D + d] = T.float32(0)
+                    for r in T.serial(R):
+                        update(Qs, Os, Ks, Vs, ms, ls, sv, r, c * L, n_kv)
+                for r in T.serial(R):
+                    for d in T.serial(D):
+                        output[b, hk * R + r, d] = T.Cast(qkv_dtype, Os[r * D + d] / T.max(ls[r], T.float32(1e-30)))
+                    lse[b, hk * R + r] = ms[r] + T.log2(T.max(ls[r], T.float32(1e-30)))
+
+    return batch_decode_paged_kv
 
 
 def _kernel_params(func: tvm.tirx.PrimFunc):
@@ -590,7 +717,10 @@ def ReplaceCPUAttention(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 
             h_qo, h_kv, d, page, dtype = params
             if d % LANES or h_qo % h_kv:
                 continue
-            mod[gv] = decode_attention_cpu(h_kv, h_qo, d, dtype, {}, page)
+            if h_qo // h_kv >= GQA_ROWS:
+                mod[gv] = decode_attention_tiled(h_kv, h_qo, d, dtype, {}, page)
+            else:
+                mod[gv] = decode_attention_cpu(h_kv, h_qo, d, dtype, {}, page)
         elif gv.name_hint == RAGGED_SYMBOL:
             params = _ragged_params(func)
             if params is None:
