@@ -9,10 +9,12 @@ import numpy as np
 
 from mcpm_mobile.errors import fail
 from mcpm_mobile.formats import chat_config
+from mcpm_mobile.formats import safetensors_io as st
 from mcpm_mobile.formats.tensor_cache import TensorCacheWriter
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.param_map import MLCParam, param_plan, stored_shapes
 from mcpm_mobile.model.tokenizer import copy_tokenizer_files, tokenizer_info
+from mcpm_mobile.quantize import kernel
 from mcpm_mobile.quantize.group import GROUP_SIZE, QUANTIZATIONS, Quantization, quantize_rows
 from mcpm_mobile.support.atomic import atomic_dir
 from mcpm_mobile.support.jsonio import read_json
@@ -85,23 +87,31 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
     groups = shapes[sname][0][1] if param.kind == "embedding" or quant.layout == "NK" else shapes[sname][0][0]
     q_weight = np.empty((rows, groups * GROUP_SIZE // 8), np.uint32)
     q_scale = np.empty((rows, groups), quant.model_dtype)
-    for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
-        q_weight[r0:r1], q_scale[r0:r1] = quantize_rows(block, quant.model_dtype)
+    for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance, quant.model_dtype):
+        q_weight[r0:r1], q_scale[r0:r1] = block if isinstance(block, tuple) else quantize_rows(block, quant.model_dtype)
     if quant.layout == "KN" and param.kind == "linear":
         q_weight, q_scale = np.ascontiguousarray(q_weight.T), np.ascontiguousarray(q_scale.T)
     writer.add(wname, q_weight, logical_params=rows * cols)
     writer.add(sname, q_scale, logical_params=0)
 
 
-def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance):
-    """Yield (row_start, row_end, float32 block) over the row-concatenation of ``sources``."""
+def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance, quantize_to: str | None = None):
+    """Yield (row_start, row_end, block) over the row-concatenation of ``sources``: a float32 block, or, with
+    ``quantize_to``, the block's (q_weight, q_scale) straight from the stored bytes when the compiled kernel
+    (``quantize/kernel.py``) can read them (safetensors BF16/F16/F32); a row range holding NaN/Inf goes
+    through ``ckpt.get``, which reports it."""
     step = max(1, ROW_CHUNK_BYTES // (4 * cols))
     base = 0
     for name in sources:
         info = ckpt.tensors[name]
         n = info.shape[0]
+        raw = st.load(info) if quantize_to and str(getattr(info, "file", "")).endswith(".safetensors") else None
         for r in range(0, n, step):
             r1 = min(n, r + step)
-            yield base + r, base + r1, ckpt.get(name, slice(r, r1))
+            done = kernel.quantize(raw[r:r1], info.dtype, quantize_to) if raw is not None else None
+            if done is not None and done[2]:
+                yield base + r, base + r1, done[:2]
+            else:
+                yield base + r, base + r1, ckpt.get(name, slice(r, r1))
             advance(info.nbytes * (r1 - r) // n)
         base += n
