@@ -101,7 +101,9 @@ def render(r: dict) -> str:
         f"rounds (ours, llama.cpp, ours, ...); figures are medians with (min-max) over the rounds; ratios are the "
         f"median of the per-round ratios. Command: `{r['command']}`. Each measured command is its own process under "
         "`bench/launch.py` (wall time, that process's own peak RSS); checkpoint generation and llama.cpp's venv "
-        "are set-up, outside every figure.", "",
+        "are set-up, outside every figure. Load average (1 min) when the run started / ended: "
+        f"{r.get('load_before')} / {r.get('load_after')} on {r['machine'].split(',')[1].strip()} (other jobs on the "
+        "host inflate every figure; ratios from alternating rounds are the comparable part).", "",
         f"Memory roofline (read bandwidth, {r['threads']} threads): **{r['read_gbs']} GB/s**.", "",
         "### Targets (issue 18)", "", "| target | met | measured (what limits it) |", "|---|---|---|"]
     lines += [f"| {name} | {'**met**' if ok else ('not measured' if ok is None else '**not met**')} | {s} |"

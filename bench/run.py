@@ -95,10 +95,11 @@ def main() -> None:
     env = {"TVM_NUM_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
     contexts = args.contexts
     r: dict = {"date": datetime.date.today().isoformat(), "threads": args.threads, "rounds": args.rounds,
-               "command": "make bench" + (" BENCH_ARGS=--quick" if args.quick else ""),
+               "command": "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else ""),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
-               "contexts": [int(c) for c in contexts.split(",")], "decode_tokens": DECODE, "window": WINDOW}
+               "contexts": [int(c) for c in contexts.split(",")], "decode_tokens": DECODE, "window": WINDOW,
+               "load_before": round(os.getloadavg()[0], 1)}
 
     step("set-up (untimed): checkpoints, llama.cpp's converter")
     ckpt = checkpoint(out, "0.5b", None)
@@ -165,6 +166,7 @@ def main() -> None:
     r["gpu"] = ("no device machine lent to this task (the device tool's status: can_start_another false, "
                 "not drawn); bench/GPU.md has the recipe")
 
+    r["load_after"] = round(os.getloadavg()[0], 1)
     (out / "results.json").write_text(json.dumps(r, indent=2))
     r["targets"] = targets(r)
     report = render(r)
