@@ -92,9 +92,10 @@ def build(source: str, dtype: str):
                         rnd(load(w[vi, T.ramp(g * GROUP, 1, GROUP)]), GROUP), st[1], st[0] == T.float32(0)))
                     s[vi, g] = T.Cast(dtype, st[0])
 
-    from mcpm_mobile.compiler.compile import resolve_target
+    from tvm.target import codegen
 
-    return tvm.compile(tvm.IRModule({"main": quant.with_attr("global_symbol", "main")}), resolve_target("host"))["main"]
+    host = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "mtriple": codegen.llvm_get_system_triple()}
+    return tvm.compile(tvm.IRModule({"main": quant.with_attr("global_symbol", "main")}), tvm.target.Target(host))["main"]
 
 
 def quantize(rows: np.ndarray, stored: str, dtype: str):
