@@ -63,6 +63,12 @@ def targets(r: dict) -> list[tuple[str, bool | None, str]]:
         line += f"; {med(rs):.2f}x llama.cpp (rounds {min(rs):.2f}-{max(rs):.2f})"
         ok = ok and med(rs) >= 3
     t.append(("quantize >= 0.5 GB/s, >= 3x llama.cpp, peak RSS <= 1 GB (safetensors)", ok, line))
+    if "quantize_bin" in r["conversion"]:
+        qb = conv_gbs(r, "quantize_bin", gb)
+        rss = max(x["peak_rss_mb"] for x in r["conversion"]["quantize_bin"])
+        t.append(("quantize from PyTorch .bin >= 0.5 GB/s, peak RSS <= 1 GB", med(qb) >= 0.5 and rss <= 1024,
+                  f"{span(qb, '{:.2f}')} GB/s, peak RSS {rss:.0f} MB (the same compiled quantizer on the .bin's "
+                  "memory-mapped storages)"))
     for name in ("export_gguf", "export_onnx"):
         g = conv_gbs(r, name, gb)
         rss = max(x["peak_rss_mb"] for x in r["conversion"][name])
@@ -124,7 +130,7 @@ def render(r: dict) -> str:
     gb = r["checkpoint_gb"]
     lines += [f"### Conversion of the MiniCPM4-0.5B shape ({gb} GB bf16 safetensors)", "",
               "| conversion | wall s | input GB/s | peak RSS |", "|---|---|---|---|"]
-    names = {"quantize": "mcpm-mobile quantize (q4f16_1)", "export_gguf": "mcpm-mobile export-gguf (q4_0)",
+    names = {"quantize": "mcpm-mobile quantize (q4f16_1)", "quantize_bin": "mcpm-mobile quantize from .bin (q4f16_1)", "export_gguf": "mcpm-mobile export-gguf (q4_0)",
              "export_onnx": "mcpm-mobile export-onnx (int4 MatMulNBits)",
              "llamacpp": "llama.cpp convert_hf_to_gguf (f16) + quantize (Q4_0)"}
     for k, runs in r["conversion"].items():

@@ -106,6 +106,9 @@ def main() -> None:
     ckpt8 = None if args.skip_8b else checkpoint(out, "8b", layers8)
     if not args.skip_peer:
         subprocess.run([sys.executable, HERE / "peer_llamacpp.py", ckpt, "--work", out / "peer", "--prepare"], check=True)
+    from bin_input import bin_twin
+
+    twin = bin_twin(ckpt, out / "ckpt-0.5b-bin")  # the same tensors as PyTorch .bin (torch.save's zip layout)
     r["checkpoint_gb"] = round((ckpt / "model.safetensors").stat().st_size / 1e9, 3)
 
     step("memory roofline")
@@ -115,6 +118,8 @@ def main() -> None:
     step("conversion (MiniCPM4-0.5B shape), alternating rounds")
     weights, gguf = out / "w-0.5b-q4f16_1", out / "0.5b-q4_0.gguf"
     conv = {"quantize": lambda: run_json([CLI, "quantize", ckpt, "-o", weights, "--force", "--json"], env),
+            "quantize_bin": lambda: run_json([CLI, "quantize", twin, "-o", out / "w-0.5b-bin", "--force", "--json"],
+                                             env),
             "export_gguf": lambda: run_json([CLI, "export-gguf", ckpt, "-o", gguf, "--type", "q4_0", "--force",
                                              "--json"], env),
             "export_onnx": lambda: run_json([CLI, "export-onnx", ckpt, "-o", out / "onnx-0.5b", "--force", "--json"],

@@ -20,7 +20,6 @@ from mcpm_mobile.model.quantization import ELEMS_PER_WORD, Quantization, get_qua
 from mcpm_mobile.model.tokenizer import copy_tokenizer_files, tokenizer_info
 from mcpm_mobile.quantize import kernel
 from mcpm_mobile.quantize.group import quantize_rows
-from mcpm_mobile.support import safetensors_io as st
 from mcpm_mobile.support.atomic import atomic_dir
 from mcpm_mobile.support.jsonio import read_json
 from mcpm_mobile.support.output import Output
@@ -111,15 +110,15 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
 
 def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance, quantize_to: str | None = None):
     """Yield (row_start, row_end, block) over the row-concatenation of ``sources``: a float32 block, or, with
-    ``quantize_to``, the block's (q_weight, q_scale) straight from the stored bytes when the compiled kernel
-    (``quantize/kernel.py``) can read them (safetensors BF16/F16/F32); a row range holding NaN/Inf goes
-    through ``ckpt.get``, which reports it."""
+    ``quantize_to``, the block's (q_weight, q_scale) straight from the stored bytes (safetensors or .bin,
+    BF16/F16/F32) through the compiled kernel (``quantize/kernel.py``); where it cannot run, and for a row
+    range holding NaN/Inf, the block comes from ``ckpt.get`` (which reports the NaN/Inf)."""
     step = max(1, ROW_CHUNK_BYTES // (4 * cols))
     base = 0
     for name in sources:
         info = ckpt.tensors[name]
         n = info.shape[0]
-        raw = st.load(info) if quantize_to and str(getattr(info, "file", "")).endswith(".safetensors") else None
+        raw = ckpt.format.load(info) if quantize_to else None  # memory-mapped, as stored
         for r in range(0, n, step):
             r1 = min(n, r + step)
             done = kernel.quantize(raw[r:r1], info.dtype, quantize_to) if raw is not None else None

@@ -99,8 +99,8 @@ def build(source: str, dtype: str):
 
 
 def quantize(rows: np.ndarray, stored: str, dtype: str):
-    """(q_weight, q_scale, finite) of ``rows`` [n, k] as stored on disk (``stored``: a safetensors dtype; BF16
-    rows as their uint16 bits), or None when the kernel cannot run here (no TVM, k % 32, unknown dtype)."""
+    """(q_weight, q_scale, finite) of ``rows`` [n, k] as stored on disk (``stored``: the checkpoint's dtype name,
+    BF16/F16/F32; bfloat16 rows as ml_dtypes or uint16 bits), or None when the kernel cannot run here (no TVM, k % 32, unknown dtype)."""
     if stored not in SOURCE or rows.shape[1] % GROUP:
         return None
     try:
@@ -111,9 +111,10 @@ def quantize(rows: np.ndarray, stored: str, dtype: str):
         return None
     n, k = rows.shape
     dev = tvm.cpu()
-    src = rows.view(np.uint16) if stored == "BF16" else rows
+    src = np.ascontiguousarray(rows)  # a .bin tensor may be a strided view
+    src = src.view(np.uint16) if stored == "BF16" else src
     q = tvm.runtime.empty((n, k // WORD), "uint32", dev)
     s = tvm.runtime.empty((n, k // GROUP), dtype, dev)
     bad = tvm.runtime.empty((n,), "int32", dev)
-    f(tvm.runtime.tensor(np.ascontiguousarray(src), dev), q, s, bad)
+    f(tvm.runtime.tensor(src, dev), q, s, bad)
     return q.numpy(), s.numpy(), not bad.numpy().any()
