@@ -1,19 +1,18 @@
-"""A parallel, vectorised CPU decode-attention kernel for TVM's paged KV cache (host targets only).
+"""Parallel, vectorised CPU attention kernels for TVM's paged KV cache (host targets only).
 
-TVM 0.27's ``batch_decode_paged_kv_cpu`` (``relax/frontend/nn/llm/_decode_kernels.py``) is a reference
-kernel: one thread, scalar loops, and a full online-softmax rescale of the output after every single
-KV row. For the 2B shape (36 heads, 128-256 tokens of context) it took ~14-20 ms of a ~90 ms decode
-step. This module supplies a drop-in replacement with the *same signature and semantics*:
+TVM 0.27's CPU kernels are reference kernels: one thread, scalar loops, an online-softmax rescale
+after every single KV row. ``ReplaceCPUAttention`` swaps in, by name and with the same signatures and
+semantics (before scheduling):
 
-* (sequence, query head) pairs are distributed over threads (``T.parallel``);
-* the KV rows are processed one page-sized chunk at a time: the chunk's scores (Q.K, 16 float32
-  lanes per FMA) go into a small local buffer, then the running max / sum / output are rescaled
-  once per chunk (not once per row) and the V rows accumulated with vector FMAs along ``D``;
-* Q is pre-scaled by ``sm_scale * log2(e)`` once, scores use ``exp2`` like the original.
+* ``batch_decode_paged_kv_cpu``: ``decode_attention_tiled`` for grouped-query attention (one pass over
+  the cached K/V per KV head for its whole group), ``decode_attention_cpu`` otherwise ((sequence,
+  query head) pairs over threads, one rescale per page-sized chunk, 16-lane FMAs along ``D``);
+* ``batch_prefill_ragged_kv`` (a prefill chunk's attention to itself) and ``batch_prefill_paged_kv_cpu``
+  (its attention to the earlier chunks in the cache): the tiled kernels below.
 
-``ReplaceCPUDecodeAttention`` swaps it into the module by name (before scheduling); the
-sliding-window variant and the prefill kernels are left as TVM wrote them. Only head dims that are
-a multiple of 16 are replaced.
+The sliding-window variants are left as TVM wrote them; only head dims that are a multiple of 16 and
+query heads that divide into the KV heads are replaced. Q is pre-scaled by ``sm_scale * log2(e)``
+once and scores use ``exp2``, as the originals.
 """
 from __future__ import annotations
 
@@ -143,124 +142,6 @@ def decode_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
 
 
 RAGGED_SYMBOL = "batch_prefill_ragged_kv"
-
-
-def prefill_ragged_attention_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qkv_dtype: str,
-                                 rope_scaling: dict):
-    """Drop-in for TVM's ``batch_prefill_ragged_kv`` CPU kernel (attention of a prefill chunk to itself).
-
-    TVM's version is scalar and single-threaded and evaluates Q.K for *every* (query, key) pair,
-    masking afterwards (1.1 s of a 6.6 s 128-token prefill of the 2B shape). Here query heads run
-    in parallel, each query row only visits the keys the causal mask allows, in chunks of 16 keys
-    with one online-softmax rescale per chunk, and both products are 16-lane vector FMAs along D.
-    Masked keys contributed ``exp2(-5e4 - m) = 0`` to TVM's sums, so the results agree.
-    """
-    H_qo, H_kv, D, L, C = num_qo_heads, num_kv_heads, head_dim, LANES, 16
-    group = H_qo // H_kv
-    NJ = D // L
-    log2e = math.log2(math.exp(1))
-
-    @T.prim_func(s_tir=True)
-    def batch_prefill_ragged_kv(
-        var_q: T.handle,
-        var_q_indptr: T.handle,
-        var_k: T.handle,
-        var_v: T.handle,
-        var_kv_indptr: T.handle,
-        var_q_rope_position: T.handle,
-        var_k_rope_pos_offset: T.handle,
-        var_output: T.handle,
-        var_lse: T.handle,
-        causal: T.int32,
-        rotary_mode: T.int32,
-        rope_scale: T.float32,
-        rope_theta: T.float32,
-        sm_scale: T.float32,
-    ):
-        T.func_attr({"tirx.is_scheduled": True})
-        batch_size = T.int32()
-        qo_len = T.int32()
-        kv_len = T.int32()
-        q_indptr_elem_offset = T.int32()
-        kv_indptr_elem_offset = T.int32()
-        q_rope_position_elem_offset = T.int32()
-        k_rope_pos_offset_elem_offset = T.int32()
-
-        q = T.match_buffer(var_q, (qo_len, H_qo, D), qkv_dtype)
-        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset)
-        k = T.match_buffer(var_k, (kv_len, H_kv, D), qkv_dtype)
-        v = T.match_buffer(var_v, (kv_len, H_kv, D), qkv_dtype)
-        kv_indptr = T.match_buffer(var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_indptr_elem_offset)
-        q_rope_position = T.match_buffer(var_q_rope_position, (qo_len,), "int32",
-                                         elem_offset=q_rope_position_elem_offset)
-        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32",
-                                           elem_offset=k_rope_pos_offset_elem_offset)
-        output = T.match_buffer(var_output, (qo_len, H_qo, D), qkv_dtype)
-        lse = T.match_buffer(var_lse, (qo_len, H_qo), "float32")
-
-        for b in T.serial(batch_size):
-            for h in T.parallel(H_qo):
-                with T.sblock("attn"):
-                    vb, vh = T.axis.remap("SS", [b, h])
-                    T.reads()
-                    T.writes()
-                    Q_local = T.sblock_alloc_buffer((D,), "float32")
-                    O_local = T.sblock_alloc_buffer((D,), "float32")
-                    S_local = T.sblock_alloc_buffer((C,), "float32")
-                    acc = T.sblock_alloc_buffer((L,), "float32")
-                    st = T.sblock_alloc_buffer((4,), "float32")  # running max, running sum, new max, alpha
-                    q0: T.let[T.int32] = q_indptr[vb]
-                    n_q: T.let[T.int32] = q_indptr[vb + 1] - q_indptr[vb]
-                    k0: T.let[T.int32] = kv_indptr[vb]
-                    n_kv: T.let[T.int32] = kv_indptr[vb + 1] - kv_indptr[vb]
-                    for qi in T.serial(n_q):
-                        n_vis: T.let[T.int32] = T.if_then_else(causal > 0, T.min(n_kv - n_q + qi + 1, n_kv), n_kv)
-                        for d in T.serial(D):
-                            Q_local[d] = T.if_then_else(
-                                rotary_mode == 1,
-                                _rope(q, q_rope_position[q0 + qi], D, rope_theta, rope_scale, (q0 + qi, vh, d),
-                                      qkv_dtype, rope_scaling),
-                                T.Cast("float32", q[q0 + qi, vh, d]),
-                            ) * (sm_scale * log2e)
-                        for d in T.vectorized(D):
-                            O_local[d] = T.float32(0)
-                        st[0] = T.float32(-5e4)
-                        st[1] = T.float32(0)
-                        for chunk in T.serial((n_vis + C - 1) // C):
-                            rows: T.let[T.int32] = T.min(C, n_vis - chunk * C)
-                            st[2] = st[0]
-                            for r in T.serial(rows):
-                                for l in T.vectorized(L):
-                                    acc[l] = T.float32(0)
-                                for j in T.serial(NJ):
-                                    for l in T.vectorized(L):
-                                        acc[l] = acc[l] + Q_local[j * L + l] * T.if_then_else(
-                                            rotary_mode == 1,
-                                            _rope(k, k_rope_pos_offset[vb] + chunk * C + r, D, rope_theta, rope_scale,
-                                                  (k0 + chunk * C + r, vh // group, j * L + l), qkv_dtype,
-                                                  rope_scaling),
-                                            T.Cast("float32", k[k0 + chunk * C + r, vh // group, j * L + l]))
-                                S_local[r] = T.float32(0)
-                                for l in T.serial(L):
-                                    S_local[r] = S_local[r] + acc[l]
-                                st[2] = T.max(st[2], S_local[r])
-                            st[3] = T.exp2(st[0] - st[2])
-                            st[1] = st[1] * st[3]
-                            for d in T.vectorized(D):
-                                O_local[d] = O_local[d] * st[3]
-                            st[0] = st[2]
-                            for r in T.serial(rows):
-                                S_local[r] = T.exp2(S_local[r] - st[0])
-                                st[1] = st[1] + S_local[r]
-                                for d in T.vectorized(D):
-                                    O_local[d] = O_local[d] + S_local[r] * T.Cast(
-                                        "float32", v[k0 + chunk * C + r, vh // group, d])
-                        for d in T.serial(D):
-                            output[q0 + qi, vh, d] = T.Cast(qkv_dtype, O_local[d] / T.max(st[1], T.float32(1e-30)))
-                        lse[q0 + qi, vh] = st[0] + T.log2(T.max(st[1], T.float32(1e-30)))
-
-    return batch_prefill_ragged_kv
-
 
 
 # --- tiled prefill attention (ragged self-attention and paged cross-attention) ------------------------------------
