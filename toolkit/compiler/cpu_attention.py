@@ -583,7 +583,7 @@ def _paged_params(func: tvm.tirx.PrimFunc):
 
 @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUAttention")
 def ReplaceCPUAttention(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 - pass naming
-    """Swap TVM's scalar CPU decode and ragged-prefill attention kernels for the ones above (host targets).
+    """Swap TVM's scalar CPU decode, ragged-prefill and paged-prefill attention kernels for the ones above.
 
     Matched by function name and checked against the buffer shapes; anything unexpected (head dim
     not a multiple of 16, MLA-style D_qk != D_v, GQA groups that do not divide) is left as TVM wrote it.
