@@ -45,7 +45,7 @@ def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f
     ckpt = Checkpoint(model_dir)
     check_group_size(ckpt, quant)
     start = time.perf_counter()
-    with atomic_dir(Path(out_dir), force=force) as tmp:
+    with atomic_dir(Path(out_dir), force=force, inputs=(model_dir,), kind="weights") as tmp:
         writer = TensorCacheWriter(tmp)
         with out.progress(f"Quantizing to {quant.name}", ckpt.weight_bytes) as advance:
             for param in param_plan(ckpt.config):

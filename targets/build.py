@@ -74,7 +74,7 @@ def build(model_dir: Path, target: str, dist: Path, quantization: str = "q4f16_1
     info = {"target": target, "runtime": runtime, "model_id": model_id, "quantization": quantization,
             "source": {"path": str(Path(model_dir).resolve()), "sha256": ckpt.fingerprint()}, "license": record}
     versions = manifest.tool_versions()
-    with atomic_dir(dest, force=force) as stage:
+    with atomic_dir(dest, force=force, inputs=(model_dir, license_grant), kind="package") as stage:
         if runtime == "onnxruntime":
             layout = _onnx(stage, model_dir, model_id, app_id, bundle_weights, context_window, out)
             doc = deploy_docs.onnxruntime(model_id, app_id, versions, bundle_weights, layout["assets"])

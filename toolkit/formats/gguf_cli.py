@@ -28,11 +28,13 @@ def export_gguf_cmd(model_dir, out_path, type_, flavor, llmfarm_dir, context, fo
     from mcpm_mobile.model.config import MiniCPMConfig
     from mcpm_mobile.targets.ios import llmfarm
 
+    if llmfarm_dir is not None:
+        llmfarm.check_settings_paths(llmfarm_dir, force=force)  # before the long export
     s = export_gguf(model_dir, out_path, type_, flavor, out, force)
     if llmfarm_dir is not None:
         config = MiniCPMConfig.from_file(Path(model_dir) / "config.json")
         ctx = min(context, config.max_position_embeddings)
-        s["llmfarm"] = [str(p) for p in llmfarm.write_settings(llmfarm_dir, out_path.name, config, ctx)]
+        s["llmfarm"] = [str(p) for p in llmfarm.write_settings(llmfarm_dir, out_path.name, config, ctx, force=force)]
     out.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB, "
                   f"{s['bits_per_param']} bits/param ({s['type']}, arch {s['arch']}), {s['seconds']:.1f} s"
                   + "".join(f"\nWrote {p}" for p in s.get("llmfarm", [])))

@@ -277,7 +277,7 @@ def export_onnx(model_dir: Path, out_dir: Path, block_size: int = 32, accuracy_l
     context = c.max_position_embeddings
     max_length = context_window or min(context, chat_config.DEFAULT_CONTEXT)
     start = time.perf_counter()
-    with atomic_dir(Path(out_dir), force=force) as tmp:
+    with atomic_dir(Path(out_dir), force=force, inputs=(model_dir,), kind="onnx") as tmp:
         data = ExternalData(tmp / DATA_FILE)
         g = GraphBuilder(data)
         try:
