@@ -52,7 +52,7 @@ def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f
                 _convert_param(ckpt, param, quant, writer, advance)
         index = writer.finish()
         files = copy_tokenizer_files(ckpt.dir, tmp)
-        generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True)
+        generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True, root=ckpt.dir)
         cfg = chat_config.build(ckpt.config, quant.name, files, tokenizer_info(tmp / "tokenizer.json"),
                                 generation, context_window, prefill_chunk)
         (tmp / chat_config.FILENAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -299,7 +299,7 @@ def export_onnx(model_dir: Path, out_dir: Path, block_size: int = 32, accuracy_l
         files = copy_tokenizer_files(ckpt.dir, tmp)
         if genai_config.ensure_tokenizer_config(tmp, c):
             files.append(genai_config.TOKENIZER_CONFIG)
-        generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True)
+        generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True, root=ckpt.dir)
         cfg = genai_config.build(c, MODEL_FILE, context, max_length, generation)
         (tmp / genai_config.FILENAME).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
         written = sorted(p.name for p in tmp.iterdir())

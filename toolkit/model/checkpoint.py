@@ -10,6 +10,7 @@ import numpy as np
 from mcpm_mobile.errors import fail
 from mcpm_mobile.formats import safetensors_io as st
 from mcpm_mobile.model.config import MiniCPMConfig
+from mcpm_mobile.support.paths import member, regular_file
 
 INDEX = "model.safetensors.index.json"
 CONVERT_HINT = ("convert it to safetensors first, e.g. python -c \"from transformers import AutoModelForCausalLM as M; "
@@ -26,6 +27,7 @@ class Checkpoint:
             raise fail(self.dir, "no such directory")
         if not self.dir.is_dir():
             raise fail(self.dir, "not a directory (expected a Hugging Face checkpoint directory)")
+        regular_file(self.dir, self.dir / "config.json")
         self.config = MiniCPMConfig.from_file(self.dir / "config.json")
         self.files = self._weight_files()
         self.tensors: dict[str, st.TensorInfo] = {}
@@ -40,22 +42,23 @@ class Checkpoint:
 
     def _weight_files(self) -> list[Path]:
         index = self.dir / INDEX
-        if index.is_file():
+        if regular_file(self.dir, index):
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise fail(index, f"cannot read the shard index: {e}")
-            files = sorted({self.dir / v for v in weight_map.values()})
+                shards = set(weight_map.values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise fail(index, f"cannot read the shard index: {type(e).__name__}")
+            files = sorted({member(self.dir, v, index) for v in shards})
             for f in files:
-                if not f.is_file():
+                if not regular_file(self.dir, f):
                     raise fail(f, f"listed in {INDEX} but missing")
             return files
         single = self.dir / "model.safetensors"
-        if single.is_file():
+        if regular_file(self.dir, single):
             return [single]
         others = sorted(self.dir.glob("*.safetensors"))
         if others:
-            return others
+            return [f for f in others if regular_file(self.dir, f)]
         if list(self.dir.glob("pytorch_model*.bin")):
             raise fail(self.dir, f"only PyTorch .bin weights found; mcpm-mobile reads safetensors: {CONVERT_HINT}")
         raise fail(self.dir, "no model.safetensors or model.safetensors.index.json found")

@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 
 from mcpm_mobile.compiler.compile import MODEL_TYPE, WeightsInfo, read_weights_info  # noqa: E402
 from mcpm_mobile.errors import MCPMError, fail  # noqa: E402
-from mcpm_mobile.formats.tensor_cache import read_index  # noqa: E402
+from mcpm_mobile.formats.tensor_cache import check_shards, read_index  # noqa: E402
+from mcpm_mobile.support.elf import check_library_file  # noqa: E402
 from mcpm_mobile.runtime.sampling import (SamplingParams, apply_repetition_penalty,  # noqa: E402
                                           sample_from_probs)
 
@@ -102,6 +103,8 @@ class Engine:
             raise fail(self.lib_path, "model library not found (build it with `mcpm-mobile compile "
                                       f"{self.weights_dir} -o {self.lib_path}`)")
         index = read_index(self.weights_dir)
+        check_shards(self.weights_dir, index)  # TVM's loader trusts every offset
+        check_library_file(self.lib_path)
         self._shape = tvm_ffi.Shape
         self.dev = tvm.cpu()
         try:
