@@ -69,7 +69,7 @@ def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f
 def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, writer: TensorCacheWriter, advance) -> None:
     infos = [ckpt.tensors[s] for s in param.sources]
     if param.kind == "norm":
-        writer.add(param.name + ".weight", ckpt.get(param.sources[0]).astype(quant.model_dtype))
+        _add(writer, param.name + ".weight", ckpt.get(param.sources[0]).astype(quant.model_dtype), infos)
         advance(infos[0].nbytes)
         return
     rows = sum(i.shape[0] for i in infos)
@@ -79,7 +79,7 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
         out = np.empty((rows, cols), quant.model_dtype)
         for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
             out[r0:r1] = block
-        writer.add(param.name + ".weight", out)
+        _add(writer, param.name + ".weight", out, infos)
         return
     (wname, _), (sname, _) = shapes.items()
     groups = shapes[sname][0][1] if param.kind == "embedding" or quant.layout == "NK" else shapes[sname][0][0]
@@ -90,7 +90,16 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
     if quant.layout == "KN" and param.kind == "linear":
         q_weight, q_scale = np.ascontiguousarray(q_weight.T), np.ascontiguousarray(q_scale.T)
     writer.add(wname, q_weight, logical_params=rows * cols)
-    writer.add(sname, q_scale, logical_params=0)
+    _add(writer, sname, q_scale, infos, logical_params=0)
+
+
+def _add(writer: TensorCacheWriter, name: str, array: np.ndarray, sources: list, **kwargs) -> None:
+    """Add ``array``, refusing values that overflowed the model dtype (a bf16 weight of 1e38 in float16)."""
+    if not np.isfinite(array).all():
+        names = "', '".join(s.name for s in sources)
+        raise fail(sources[0].file, f"tensor '{names}' has values beyond {array.dtype}'s range; "
+                                    "choose a float32 quantization (q4f32_1 or q0f32)")
+    writer.add(name, array, **kwargs)
 
 
 def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance):
