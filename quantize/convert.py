@@ -69,7 +69,7 @@ def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f
 def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, writer: TensorCacheWriter, advance) -> None:
     infos = [ckpt.tensors[s] for s in param.sources]
     if param.kind == "norm":
-        _add(writer, param.name + ".weight", ckpt.get(param.sources[0]).astype(quant.model_dtype), infos)
+        writer.add(param.name + ".weight", _in_range(ckpt.get(param.sources[0]), quant, infos).astype(quant.model_dtype))
         advance(infos[0].nbytes)
         return
     rows = sum(i.shape[0] for i in infos)
@@ -78,28 +78,29 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
     if not quant.quantized:
         out = np.empty((rows, cols), quant.model_dtype)
         for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
-            out[r0:r1] = block
-        _add(writer, param.name + ".weight", out, infos)
+            out[r0:r1] = _in_range(block, quant, infos)
+        writer.add(param.name + ".weight", out)
         return
     (wname, _), (sname, _) = shapes.items()
     groups = shapes[sname][0][1] if param.kind == "embedding" or quant.layout == "NK" else shapes[sname][0][0]
     q_weight = np.empty((rows, groups * GROUP_SIZE // 8), np.uint32)
     q_scale = np.empty((rows, groups), quant.model_dtype)
     for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
-        q_weight[r0:r1], q_scale[r0:r1] = quantize_rows(block, quant.model_dtype)
+        q_weight[r0:r1], q_scale[r0:r1] = quantize_rows(_in_range(block, quant, infos), quant.model_dtype)
     if quant.layout == "KN" and param.kind == "linear":
         q_weight, q_scale = np.ascontiguousarray(q_weight.T), np.ascontiguousarray(q_scale.T)
     writer.add(wname, q_weight, logical_params=rows * cols)
-    _add(writer, sname, q_scale, infos, logical_params=0)
+    writer.add(sname, q_scale, logical_params=0)
 
 
-def _add(writer: TensorCacheWriter, name: str, array: np.ndarray, sources: list, **kwargs) -> None:
-    """Add ``array``, refusing values that overflowed the model dtype (a bf16 weight of 1e38 in float16)."""
-    if not np.isfinite(array).all():
+def _in_range(block: np.ndarray, quant: Quantization, sources: list) -> np.ndarray:
+    """``block``, refused if it holds values the model dtype cannot (a bf16 weight of 1e38 in float16)."""
+    dtype = np.dtype(quant.model_dtype)
+    if dtype.itemsize < 4 and block.size and np.abs(block).max() > np.finfo(dtype).max:
         names = "', '".join(s.name for s in sources)
-        raise fail(sources[0].file, f"tensor '{names}' has values beyond {array.dtype}'s range; "
+        raise fail(sources[0].file, f"tensor '{names}' has values beyond {dtype}'s range; "
                                     "choose a float32 quantization (q4f32_1 or q0f32)")
-    writer.add(name, array, **kwargs)
+    return block
 
 
 def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance):

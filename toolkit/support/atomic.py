@@ -8,16 +8,18 @@ refused before any work starts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from mcpm_mobile import __version__
 from mcpm_mobile.errors import fail
 
 MARKER = ".mcpm-mobile"
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 FORCE_HINT = "use --force to replace it"
 
 
@@ -110,24 +112,26 @@ def atomic_dir(path: Path, force: bool = False, inputs: tuple = (), kind: str = 
     path = Path(path)
     check_output_dir(path, force, inputs)
     _mkdir_parent(path)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    except OSError as e:
-        raise fail(path.parent, f"cannot write here: {e.strerror or e}")
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
+    try:  # everything from the mkdir on, so that a signal at any point is cleaned up
+        tmp.mkdir(mode=0o777 & ~_umask())
         (tmp / MARKER).write_text(json.dumps({"written_by": "mcpm-mobile", "version": __version__, "kind": kind}))
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.rename(path)
+    except BaseException as e:
+        _undo(tmp, old, path)
+        _raise_write_error(e, path)
         raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _undo(tmp: Path, old: Path, path: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old.exists() and not path.exists():
+        old.rename(path)
 
 
 @contextlib.contextmanager
@@ -136,15 +140,18 @@ def atomic_file(path: Path, force: bool = True, magic: tuple = (), inputs: tuple
     path = Path(path)
     check_output_file(path, force, magic, inputs)
     _mkdir_parent(path)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    except OSError as e:
-        raise fail(path.parent, f"cannot write here: {e.strerror or e}")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        yield Path(tmp)
+        tmp.touch(mode=0o666 & ~_umask(), exist_ok=False)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        _raise_write_error(e, path)
         raise
+
+
+def _raise_write_error(e: BaseException, path: Path) -> None:
+    """A full disk or a read-only output becomes one line naming the output."""
+    if isinstance(e, OSError) and (e.errno in WRITE_ERRORS or e.filename is None):
+        raise fail(path, f"cannot write: {e.strerror or e}") from None
