@@ -6,6 +6,7 @@ signals); `CASES_TRIED` counts them for the README's Reliability section.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -366,3 +367,35 @@ def _count_cases() -> int:
 
 
 CASES_TRIED = _count_cases()
+
+
+# --- 7. full disks and read-only outputs ------------------------------------------------------------------
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+DISK_FAULTS = {
+    "quantize": ("mcpm_mobile.formats.tensor_cache.TensorCacheWriter._commit",
+                 lambda src, out: ["quantize", src, "-o", out]),
+    "export-gguf": ("mcpm_mobile.formats.gguf_export._write_tensor",
+                    lambda src, out: ["export-gguf", src, "-o", out.with_suffix(".gguf")]),
+    "tiny-checkpoint": ("mcpm_mobile.formats.safetensors_io.write_stream",
+                        lambda src, out: ["dev", "tiny-checkpoint", out]),
+}
+
+
+@pytest.mark.parametrize("step", sorted(DISK_FAULTS))
+def test_full_disk(step, ckpt, tmp_path, monkeypatch):
+    where, args = DISK_FAULTS[step]
+    monkeypatch.setattr(where, _no_space)
+    guarded(tmp_path, args(ckpt, tmp_path / "out"), "No space left on device")
+
+
+@pytest.mark.parametrize("step", ["quantize", "tiny-checkpoint"])
+def test_read_only_output_folder(step, ckpt, tmp_path):
+    locked = Path("/sys/fs")  # sysfs: read-only even for root
+    if os.access(locked, os.W_OK) and os.geteuid() != 0:
+        pytest.skip("no read-only folder on this machine")
+    args = DISK_FAULTS[step][1](ckpt, locked / "out")
+    line = guarded(tmp_path, args, "/sys/fs/out: cannot write")
+    assert ".tmp-" not in line

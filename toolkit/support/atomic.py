@@ -123,7 +123,7 @@ def atomic_dir(path: Path, force: bool = False, inputs: tuple = (), kind: str = 
         tmp.rename(path)
     except BaseException as e:
         _undo(tmp, old, path)
-        _raise_write_error(e, path)
+        _raise_write_error(e, path, tmp)
         raise
     shutil.rmtree(old, ignore_errors=True)
 
@@ -147,11 +147,12 @@ def atomic_file(path: Path, force: bool = True, magic: tuple = (), inputs: tuple
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        _raise_write_error(e, path)
+        _raise_write_error(e, path, tmp)
         raise
 
 
-def _raise_write_error(e: BaseException, path: Path) -> None:
-    """A full disk or a read-only output becomes one line naming the output."""
-    if isinstance(e, OSError) and (e.errno in WRITE_ERRORS or e.filename is None):
+def _raise_write_error(e: BaseException, path: Path, tmp: Path) -> None:
+    """A full disk or a read-only output becomes one line naming the output (not our temporary name)."""
+    if isinstance(e, OSError) and (e.errno in WRITE_ERRORS or e.filename is None
+                                   or str(e.filename).startswith(str(tmp))):
         raise fail(path, f"cannot write: {e.strerror or e}") from None
