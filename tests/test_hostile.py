@@ -23,7 +23,7 @@ import pytest
 
 from conftest import run_cli
 from host_fixtures import host_lib  # noqa: F401 - fixture
-from mcpm_mobile.formats import safetensors_io
+from mcpm_mobile.support import safetensors_io
 
 TOKENIZER_NAMES = ("merges.txt", "vocab.json", "added_tokens.json", "special_tokens_map.json",
                    "tokenizer_config.json", "tokenizer.json", "tokenizer.model", "config.json",
@@ -379,7 +379,7 @@ DISK_FAULTS = {
                  lambda src, out: ["quantize", src, "-o", out]),
     "export-gguf": ("mcpm_mobile.formats.gguf_export._write_tensor",
                     lambda src, out: ["export-gguf", src, "-o", out.with_suffix(".gguf")]),
-    "tiny-checkpoint": ("mcpm_mobile.formats.safetensors_io.write_stream",
+    "tiny-checkpoint": ("mcpm_mobile.support.safetensors_io.write_stream",
                         lambda src, out: ["dev", "tiny-checkpoint", out]),
 }
 
