@@ -53,7 +53,7 @@ def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: 
         generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True, root=ckpt.dir)
         cfg = chat_config.build(ckpt.config, quant.name, files, tokenizer_info(tmp / "tokenizer.json"),
                                 generation, context_window, prefill_chunk)
-        (tmp / chat_config.FILENAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / chat_config.FILENAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
     seconds = time.perf_counter() - start
     weights = Weights(Path(out_dir), cfg, ckpt.config, quant, index)
     meta = index["metadata"]

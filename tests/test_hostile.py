@@ -2,7 +2,7 @@
 nothing left behind, and no file outside the output touched.
 
 The cases are generated per class (data loss, host files, paths leaving their root, offsets, values,
-signals); `CASES_TRIED` counts them for the README's Reliability section.
+signals); `_count_cases` counts them for the README's Reliability section.
 """
 from __future__ import annotations
 
@@ -348,7 +348,7 @@ def test_signal_mid_quantize_leaves_nothing(sig, tmp_path):
 def test_cases_are_counted():
     """The README's Reliability section quotes this number; keep them in step."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert f"{CASES_TRIED} hostile cases" in readme
+    assert f"{_count_cases()} hostile cases" in readme
 
 
 def _count_cases() -> int:
@@ -365,8 +365,6 @@ def _count_cases() -> int:
         total += count
     return total
 
-
-CASES_TRIED = _count_cases()
 
 
 # --- 7. full disks and read-only outputs ------------------------------------------------------------------
@@ -399,3 +397,63 @@ def test_read_only_output_folder(step, ckpt, tmp_path):
     args = DISK_FAULTS[step][1](ckpt, locked / "out")
     line = guarded(tmp_path, args, "/sys/fs/out: cannot write")
     assert ".tmp-" not in line
+
+
+# --- 5. config values ------------------------------------------------------------------------------------
+CONFIG_CASES = {
+    "kv heads 0": ({"num_key_value_heads": 0}, "num_key_value_heads"),
+    "kv heads string": ({"num_key_value_heads": "2"}, "num_key_value_heads"),
+    "kv heads not dividing": ({"num_key_value_heads": 3}, "num_key_value_heads"),
+    "eps string": ({"rms_norm_eps": "x"}, "rms_norm_eps"),
+    "eps zero": ({"rms_norm_eps": 0}, "rms_norm_eps"),
+    "dim_model_base 0": ({"dim_model_base": 0}, "dim_model_base"),
+    "max positions -5": ({"max_position_embeddings": -5}, "max_position_embeddings"),
+    "tie 'no'": ({"tie_word_embeddings": "no"}, "tie_word_embeddings"),
+    "vocab 2**58": ({"vocab_size": 2**58}, "vocab_size"),
+    "vocab bool": ({"vocab_size": True}, "vocab_size"),
+    "hidden float": ({"hidden_size": 64.0}, "hidden_size"),
+    "layers missing": ({"num_hidden_layers": None}, "num_hidden_layers"),
+    "layers 1 of 2": ({"num_hidden_layers": 1}, "not used by config.json"),
+    "scale_emb inf": ({"scale_emb": 1e400}, "scale_emb"),
+    "scale_depth NaN": ({"scale_depth": float("nan")}, "not valid JSON"),
+    "eos outside": ({"eos_token_id": 10**6}, "eos_token_id"),
+    "eos empty list": ({"eos_token_id": []}, "eos_token_id"),
+    "rope_theta list": ({"rope_theta": [1, 2]}, "rope_theta"),
+    "hidden_act dict": ({"hidden_act": {"a": 1}}, "hidden_act"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_config_values(case, ckpt, tmp_path):
+    edit, needle = CONFIG_CASES[case]
+    path = ckpt / "config.json"
+    data = json.loads(path.read_text())
+    for key, value in edit.items():
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = value
+    text = json.dumps(data).replace("Infinity", "1e400")  # NaN stays NaN: strict JSON refuses it
+    path.write_text(text)
+    line = guarded(tmp_path, ["quantize", ckpt, "-o", tmp_path / "out"], "config.json", needle)
+    assert len(line) < 300
+
+
+OPTION_CASES = {
+    "quantize context 1e8": (lambda src, out: ["quantize", src, "-o", out, "--context-window", "100000000"],
+                             "max_position_embeddings"),
+    "build context 1e8": (lambda src, out: ["build", src, "--target", "android", "-o", out, "--context-window",
+                                            "100000000"], "max_position_embeddings"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTION_CASES))
+def test_out_of_range_options(case, ckpt, tmp_path):
+    args, needle = OPTION_CASES[case]
+    guarded(tmp_path, args(ckpt, tmp_path / "out"), needle)
+
+
+def test_compile_context_beyond_the_model(tmp_path, quantized_dir):
+    weights = _weights(tmp_path, quantized_dir)
+    guarded(tmp_path, ["compile", weights, "-o", tmp_path / "lib.so", "--context-window", "100000000"],
+            "max_position_embeddings")

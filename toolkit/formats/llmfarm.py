@@ -77,7 +77,7 @@ def write_settings(dest_dir: Path, model_file_name: str, config: MiniCPMConfig, 
     paths = check_settings_paths(dest_dir, name, force)
     for path, data in zip(paths, (chat, template_settings(chat))):
         with atomic_file(path, force, JSON) as tmp:
-            tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     return paths
 
 

@@ -302,7 +302,7 @@ def export_onnx(ckpt: Checkpoint | Path | str, out_dir: Path, block_size: int = 
             files.append(genai_config.TOKENIZER_CONFIG)
         generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True, root=ckpt.dir)
         cfg = genai_config.build(c, MODEL_FILE, context, max_length, generation)
-        (tmp / genai_config.FILENAME).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+        (tmp / genai_config.FILENAME).write_text(json.dumps(cfg, indent=2, allow_nan=False), encoding="utf-8")
         written = sorted(p.name for p in tmp.iterdir())
     seconds = time.perf_counter() - start
     return {"output": str(out_dir), "model": MODEL_FILE, "data": DATA_FILE, "bytes": data_bytes,

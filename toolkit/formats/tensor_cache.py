@@ -80,7 +80,7 @@ class TensorCacheWriter:
         index = {"metadata": {"ParamSize": len(self.names), "ParamBytes": float(self.param_bytes),
                               "BitsPerParam": 8.0 * self.param_bytes / max(self.param_count, 1)},
                  "records": self.shards}
-        (self.dir / INDEX).write_text(json.dumps(index, indent=2))
+        (self.dir / INDEX).write_text(json.dumps(index, indent=2, allow_nan=False))
         return index
 
 

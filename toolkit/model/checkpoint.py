@@ -16,6 +16,7 @@ from mcpm_mobile.support.jsonio import read_json
 from mcpm_mobile.support.paths import member, regular_file
 
 INDEX = "model.safetensors.index.json"
+IGNORED_BUFFER = ".rotary_emb.inv_freq"  # a buffer old transformers versions saved; recomputed from the config
 CONVERT_HINT = ("convert it to safetensors first, e.g. python -c \"from transformers import AutoModelForCausalLM as M; "
                 "M.from_pretrained('DIR', trust_remote_code=True).save_pretrained('DIR', safe_serialization=True)\"")
 
@@ -81,7 +82,15 @@ class Checkpoint:
         return hf_shapes(self.config)
 
     def _check_shapes(self) -> None:
-        for name, shape in self.expected_shapes().items():
+        expected = self.expected_shapes()
+        unused = sorted(n for n in self.tensors if n not in expected and n != LM_HEAD
+                        and not n.endswith(IGNORED_BUFFER))
+        if unused:
+            c = self.config
+            raise fail(self.tensors[unused[0]].file,
+                       f"tensor '{unused[0]}' is not used by config.json ({len(unused)} such; num_hidden_layers "
+                       f"{c.num_hidden_layers}): the config and the weights disagree")
+        for name, shape in expected.items():
             info = self.tensors.get(name)
             if info is None:
                 raise fail(self.dir, f"missing tensor '{name}' (expected shape {list(shape)})")

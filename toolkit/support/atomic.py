@@ -96,11 +96,20 @@ def _umask() -> int:
     return mask
 
 
-def _mkdir_parent(path: Path) -> None:
+def _mkdir_parent(path: Path) -> list[Path]:
+    """Create the missing parents of ``path``; returns them, innermost first, for removal on failure."""
+    missing = [p for p in path.absolute().parents if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise fail(path.parent, f"cannot create: {e.strerror or e}")
+    return missing
+
+
+def _remove_created(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if still empty
 
 
 @contextlib.contextmanager
@@ -111,7 +120,7 @@ def atomic_dir(path: Path, force: bool = False, inputs: tuple = (), kind: str = 
     """
     path = Path(path)
     check_output_dir(path, force, inputs)
-    _mkdir_parent(path)
+    created = _mkdir_parent(path)
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
     try:  # everything from the mkdir on, so that a signal at any point is cleaned up
@@ -123,6 +132,7 @@ def atomic_dir(path: Path, force: bool = False, inputs: tuple = (), kind: str = 
         tmp.rename(path)
     except BaseException as e:
         _undo(tmp, old, path)
+        _remove_created(created)
         _raise_write_error(e, path, tmp)
         raise
     shutil.rmtree(old, ignore_errors=True)
@@ -139,7 +149,7 @@ def atomic_file(path: Path, force: bool = True, magic: tuple = (), inputs: tuple
     """Yield a temporary file path next to ``path``; renamed onto ``path`` on success."""
     path = Path(path)
     check_output_file(path, force, magic, inputs)
-    _mkdir_parent(path)
+    created = _mkdir_parent(path)
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     try:
         tmp.touch(mode=0o666 & ~_umask(), exist_ok=False)
@@ -147,6 +157,7 @@ def atomic_file(path: Path, force: bool = True, magic: tuple = (), inputs: tuple
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
+        _remove_created(created)
         _raise_write_error(e, path, tmp)
         raise
 
