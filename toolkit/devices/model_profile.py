@@ -19,6 +19,7 @@ from mcpm_mobile.formats.weights import Weights
 from mcpm_mobile.model.checkpoint import read_config
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.quantization import DEFAULT, GGUF_TYPES, QUANTIZATIONS, Quantization
+from mcpm_mobile.model.releases import RELEASES
 from mcpm_mobile.support.jsonio import read_json
 
 DEFAULT_PREFILL_CHUNK = 128
@@ -29,8 +30,9 @@ CHAT_CONFIG = chat_config.FILENAME
 SEARCH_DEPTH = 3
 LIBRARY_SUFFIXES = (".tar.gz", ".tar", ".so", ".a", ".dylib", ".wasm", ".dll")
 
-# MiniCPM-2B: mlc-llm model_preset.py `minicpm_2b`; MiniCPM-1B: openbmb/MiniCPM-1B-sft-bf16
-# config.json. Both were trained with a 4096-token context.
+# The one preset table (issue 17 item 8): dimensions from each release's config.json, with the source in
+# PRESET_SOURCES and the fields no stored source confirmed in PRESET_UNVERIFIED. The realckpt stand-ins
+# must reproduce these numbers.
 MODEL_PRESETS = {
     "minicpm-2b": dict(vocab_size=122753, hidden_size=2304, num_hidden_layers=40, num_attention_heads=36,
                        num_key_value_heads=36, intermediate_size=5760, tie_word_embeddings=True,
@@ -38,6 +40,38 @@ MODEL_PRESETS = {
     "minicpm-1b": dict(vocab_size=73440, hidden_size=1536, num_hidden_layers=52, num_attention_heads=24,
                        num_key_value_heads=8, intermediate_size=3840, tie_word_embeddings=True,
                        max_position_embeddings=4096),
+    "minicpm4-8b": dict(vocab_size=73448, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                        num_key_value_heads=2, intermediate_size=16384, tie_word_embeddings=False,
+                        max_position_embeddings=32768),
+    "minicpm4.1-8b": dict(vocab_size=73448, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=2, intermediate_size=16384, tie_word_embeddings=False,
+                          max_position_embeddings=32768),
+}
+# Releases whose dimensions come from model/releases.py (the table the stand-ins use; docs/checkpoints.md)
+MODEL_PRESETS.update({name: RELEASES[release].preset() for name, release in (
+    ("minicpm-2b-128k", "MiniCPM-2B-128k"), ("minicpm4-0.5b", "MiniCPM4-0.5B"))})
+MODEL_PRESETS["minicpm4.1-8b"]["max_position_embeddings"] = RELEASES["MiniCPM4.1-8B"].config["max_position_embeddings"]
+PRESET_SOURCES = {
+    "minicpm-2b": "mlc-llm python/mlc_llm/model/model_preset.py minicpm_2b (devices.md section 3a); "
+                  "huggingface.co/openbmb/MiniCPM-2B-dpo-bf16 config.json",
+    "minicpm-1b": "huggingface.co/openbmb/MiniCPM-1B-sft-bf16 config.json (as mirrored by PrunaAI and "
+                  "ProSparse-MiniCPM-1B configs: 52 layers, 24 heads, 8 KV heads, vocab 73440)",
+    "minicpm4-8b": "huggingface.co/openbmb/MiniCPM4-8B config.json (refs/pr/9): hidden 4096, 32 layers, 32 heads, "
+                   "2 KV heads, intermediate 16384, max_position_embeddings 32768",
+    "minicpm4.1-8b": "taken as MiniCPM4-8B's dimensions: MiniCPM4.1-8B is the same architecture retrained "
+                     "(not confirmed against its own config.json); max_position_embeddings 65536 as a FastDeploy "
+                     "MiniCPM4.1 loader copies it from config.json (docs/checkpoints.md)",
+    "minicpm-2b-128k": "MiniCPM-2B's dimensions with the vocabulary (127660) and untied head of its model card "
+                       "(huggingface.co/openbmb/MiniCPM-2B-128k); 131072 positions (docs/checkpoints.md)",
+    "minicpm4-0.5b": "a third-party test reproducing its config.json (hidden 1024, 24 layers, 16 heads, 2 KV heads, "
+                     "intermediate 4096, vocab 73448; docs/checkpoints.md)",
+}
+PRESET_UNVERIFIED = {
+    "minicpm4-8b": ("vocab_size", "tie_word_embeddings"),
+    "minicpm4.1-8b": ("vocab_size", "tie_word_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "intermediate_size", "max_position_embeddings"),
+    "minicpm-2b-128k": ("max_position_embeddings",),
+    "minicpm4-0.5b": ("tie_word_embeddings", "max_position_embeddings"),
 }
 
 
@@ -144,6 +178,10 @@ class ModelProfile:
     def default_context(self) -> int:
         return self.context_window or min(2048, self.max_context)
 
+    def context_for(self, os: str) -> int:
+        """The context to judge a phone at: the artifact's own, else the per-OS default (see memory.py)."""
+        return self.context_window or min(memory.default_context(os), self.max_context)
+
     def describe(self) -> str:
         size = f"{self.weight_bytes / 1e9:.2f} GB" if self.weight_bytes >= 1e8 else f"{self.weight_bytes / 1e6:.2f} MB"
         return f"{self.name} {self.quantization} ({size} weights, {self.weight_source})"
@@ -172,7 +210,11 @@ class ModelProfile:
     def from_preset(cls, name: str, quantization: str = DEFAULT) -> "ModelProfile":
         if name not in MODEL_PRESETS:
             raise MCPMError(f"unknown preset '{name}'; choose one of {', '.join(MODEL_PRESETS)}")
-        return cls.from_arch(Arch(**MODEL_PRESETS[name]), quantization, name)
+        profile = cls.from_arch(Arch(**MODEL_PRESETS[name]), quantization, name)
+        if PRESET_UNVERIFIED.get(name):
+            profile.notes.append(f"preset {name}: {', '.join(PRESET_UNVERIFIED[name])} not confirmed in a stored "
+                                 f"source ({PRESET_SOURCES[name]})")
+        return profile
 
     @classmethod
     def from_config(cls, config: MiniCPMConfig, quantization: str, model_dir: Path) -> "ModelProfile":

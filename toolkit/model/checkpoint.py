@@ -1,4 +1,8 @@
-"""A MiniCPM checkpoint directory in Hugging Face layout, read lazily tensor by tensor."""
+"""A MiniCPM checkpoint directory in Hugging Face layout, read lazily tensor by tensor.
+
+Weights: safetensors when present (what Hugging Face loads first), else PyTorch ``.bin`` (torch.save's zip
+format, read without torch: support/pytorch_bin.py); single files or shards with an index.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -11,14 +15,17 @@ import numpy as np
 from mcpm_mobile.errors import fail
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.param_map import LM_HEAD, hf_shapes
+from mcpm_mobile.support import pytorch_bin as pt
 from mcpm_mobile.support import safetensors_io as st
 from mcpm_mobile.support.jsonio import read_json
 from mcpm_mobile.support.paths import member, regular_file
 
 INDEX = "model.safetensors.index.json"
-IGNORED_BUFFER = ".rotary_emb.inv_freq"  # a buffer old transformers versions saved; recomputed from the config
-CONVERT_HINT = ("convert it to safetensors first, e.g. python -c \"from transformers import AutoModelForCausalLM as M; "
-                "M.from_pretrained('DIR', trust_remote_code=True).save_pretrained('DIR', safe_serialization=True)\"")
+BIN_INDEX = "pytorch_model.bin.index.json"
+# (index, single file, shard pattern, reader) in the order Hugging Face prefers them
+LAYOUTS = ((INDEX, "model.safetensors", "*.safetensors", st),
+           (BIN_INDEX, "pytorch_model.bin", "pytorch_model*.bin", pt))
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers older transformers saved into .bin state dicts
 
 
 class Checkpoint:
@@ -40,10 +47,12 @@ class Checkpoint:
             raise fail(self.dir, "not a directory (expected a Hugging Face checkpoint directory)")
         regular_file(self.dir, self.dir / "config.json")
         config = MiniCPMConfig.from_file(self.dir / "config.json")
-        self.files = self._weight_files()
-        self.tensors: dict[str, st.TensorInfo] = {}
+        self.files, self.format = _weight_files(self.dir)
+        self.tensors: dict[str, st.TensorInfo | pt.TensorInfo] = {}
         for f in self.files:
-            for name, info in st.read_header(f).items():
+            for name, info in self.format.read_header(f).items():
+                if name.endswith(IGNORED_SUFFIXES):
+                    continue
                 if name in self.tensors:
                     raise fail(f, f"tensor '{name}' is also in {self.tensors[name].file.name}")
                 self.tensors[name] = info
@@ -54,37 +63,12 @@ class Checkpoint:
     def tied(self) -> bool:
         return bool(self.config.tie_word_embeddings)
 
-
-    def _weight_files(self) -> list[Path]:
-        index = self.dir / INDEX
-        if regular_file(self.dir, index):
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-                shards = set(weight_map.values())
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-                raise fail(index, f"cannot read the shard index: {type(e).__name__}")
-            files = sorted({member(self.dir, v, index) for v in shards})
-            for f in files:
-                if not regular_file(self.dir, f):
-                    raise fail(f, f"listed in {INDEX} but missing")
-            return files
-        single = self.dir / "model.safetensors"
-        if regular_file(self.dir, single):
-            return [single]
-        others = sorted(self.dir.glob("*.safetensors"))
-        if others:
-            return [f for f in others if regular_file(self.dir, f)]
-        if list(self.dir.glob("pytorch_model*.bin")):
-            raise fail(self.dir, f"only PyTorch .bin weights found; mcpm-mobile reads safetensors: {CONVERT_HINT}")
-        raise fail(self.dir, "no model.safetensors or model.safetensors.index.json found")
-
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         return hf_shapes(self.config)
 
     def _check_shapes(self) -> None:
         expected = self.expected_shapes()
-        unused = sorted(n for n in self.tensors if n not in expected and n != LM_HEAD
-                        and not n.endswith(IGNORED_BUFFER))
+        unused = sorted(n for n in self.tensors if n not in expected and n != LM_HEAD)
         if unused:
             c = self.config
             raise fail(self.tensors[unused[0]].file,
@@ -102,7 +86,7 @@ class Checkpoint:
     def get(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Tensor ``name`` (optionally a row range) as float32, checked for NaN/Inf."""
         info = self.tensors[name]
-        view = st.load(info)
+        view = self.format.load(info)
         if rows is not None:
             view = view[rows]
         arr = view.astype(np.float32)
@@ -116,13 +100,47 @@ class Checkpoint:
         return sum(self.tensors[n].nbytes for n in self.expected_shapes())
 
     def fingerprint(self) -> str:
-        """sha256 over config.json and the safetensors headers: identifies the checkpoint cheaply."""
+        """sha256 over config.json and the tensor headers (.bin: the pickles): identifies the checkpoint cheaply."""
         h = hashlib.sha256((self.dir / "config.json").read_bytes())
         for f in self.files:
+            if self.format is pt:
+                pt.fingerprint(h, f)
+                continue
             with open(f, "rb") as fh:
                 n = int.from_bytes(fh.read(8), "little")
                 h.update(fh.read(n))
         return h.hexdigest()
+
+
+def _weight_files(model_dir: Path) -> tuple[list[Path], object]:
+    """(weight files, reader module): safetensors first, then PyTorch .bin; an index, a single file or shards."""
+    for index_name, single, pattern, reader in LAYOUTS:
+        index = model_dir / index_name
+        if regular_file(model_dir, index):
+            return _shards(model_dir, index), reader
+        if regular_file(model_dir, model_dir / single):
+            return [model_dir / single], reader
+        found = sorted(model_dir.glob(pattern))
+        if found:
+            return [f for f in found if regular_file(model_dir, f)], reader
+    raise fail(model_dir, "no weights found (model.safetensors, pytorch_model.bin or a sharded index)")
+
+
+def _shards(model_dir: Path, index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = set(weight_map.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise fail(index, f"cannot read the shard index: {type(e).__name__}")
+    files = []
+    for n in sorted(names, key=str):
+        path = member(model_dir, n, index)
+        if not regular_file(model_dir, path):
+            raise fail(path, f"listed in {index.name} but missing")
+        files.append(path)
+    if not files:
+        raise fail(index, "the shard index lists no files")
+    return files
 
 
 def with_tied_decided(config: MiniCPMConfig, tensor_names) -> MiniCPMConfig:
@@ -138,9 +156,13 @@ def read_config(model_dir: Path | str) -> MiniCPMConfig:
     need to be there: enough to profile a model)."""
     model_dir = Path(model_dir)
     config = MiniCPMConfig.from_file(model_dir / "config.json")
-    index = model_dir / INDEX
-    if index.is_file():
-        names = read_json(index).get("weight_map", {})
-    else:
-        names = {n for f in sorted(model_dir.glob("*.safetensors")) for n in st.read_header(f)}
+    names: set[str] | dict = set()
+    for index_name, _, pattern, reader in LAYOUTS:
+        if (model_dir / index_name).is_file():
+            names = read_json(model_dir / index_name).get("weight_map", {})
+            break
+        files = sorted(model_dir.glob(pattern))
+        if files:
+            names = {n for f in files for n in reader.read_header(f)}
+            break
     return with_tied_decided(config, names)
