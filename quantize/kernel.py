@@ -28,7 +28,8 @@ SOURCE = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # safetensors d
 def build(source: str, dtype: str):
     """The compiled kernel ``f(w [n, k], q uint32 [n, k/8], s dtype [n, k/32], bad int32 [n])`` for any n and
     k % 32 == 0; ``source`` is the stored dtype (bfloat16 is read as its uint16 bits). ``bad[i]`` is 1 when
-    row i holds a NaN or Inf (its codes are then meaningless: the caller reports the tensor)."""
+    row i holds a NaN or Inf, or a value beyond float16's range for a float16 model (its codes are then
+    meaningless: the caller sends the rows through the numpy path, which reports them)."""
     import tvm
     from tvm import tirx
     from tvm.script import tirx as T
@@ -40,8 +41,12 @@ def build(source: str, dtype: str):
         return T.Cast(f"float32x{GROUP}", v)
 
     def nonfinite(x):
+        """1 where a lane is NaN/Inf or, for a float16 model, beyond float16's range (what ``_in_range`` refuses)."""
         exp = T.Broadcast(T.uint32(0x7F800000), GROUP)  # bit test: LLVM may fold x != x under fast-math
-        a, lanes = T.Cast(f"int32x{GROUP}", (T.reinterpret(f"uint32x{GROUP}", x) & exp) == exp), GROUP
+        flag = (T.reinterpret(f"uint32x{GROUP}", x) & exp) == exp
+        if dtype == "float16":
+            flag = flag | (T.fabs(x) > T.Broadcast(T.float32(65504), GROUP))
+        a, lanes = T.Cast(f"int32x{GROUP}", flag), GROUP
         while lanes > 1:
             a, lanes = _fold(a, lanes, lambda p, q: p | q, tirx), lanes // 2
         return a
