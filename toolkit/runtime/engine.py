@@ -89,9 +89,12 @@ def check_library_matches(meta: dict, info: WeightsInfo, index: dict, lib: Path)
 
 
 class Engine:
-    """One sequence at a time on the host CPU (``Engine(weights_dir, lib).generate(...)``)."""
+    """One sequence at a time (``Engine(weights_dir, lib).generate(...)``), on the host CPU or, with
+    ``device="opencl"``, on an OpenCL device through our OpenCL runtime (``runtime/opencl``) for a
+    library compiled for an OpenCL target with an x86 host."""
 
-    def __init__(self, weights_dir: Path | str, lib: Path | str):
+    def __init__(self, weights_dir: Path | str, lib: Path | str, device: str = "cpu",
+                 system_lib_prefix: str | None = None):
         import tvm
         import tvm_ffi
         from tvm import relax
@@ -103,9 +106,15 @@ class Engine:
                                       f"{self.weights_dir} -o {self.lib_path}`)")
         index = read_index(self.weights_dir)
         self._shape = tvm_ffi.Shape
-        self.dev = tvm.cpu()
+        if device == "opencl":
+            from mcpm_mobile.runtime import opencl
+
+            opencl.device_name()  # builds and loads the device, or says why there is none
+        elif device != "cpu":
+            raise MCPMError(f"unknown device '{device}' (cpu or opencl)")
+        self.dev = tvm.device(device)
         try:
-            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.lib_path)), self.dev)
+            self.vm = relax.VirtualMachine(self._load_library(system_lib_prefix), self.dev)
             self.metadata = json.loads(str(self.vm["_metadata"]()))
         except MCPMError:
             raise
@@ -129,6 +138,18 @@ class Engine:
         self.kv = None
         self.history: list[int] = []  # tokens in the KV cache
         self._load_tokenizer()
+
+    def _load_library(self, system_lib_prefix: str | None):
+        """The library module: a shared library, or (with a prefix) a shared object linking a system
+        library, found as ``system://<prefix>`` the way phone apps load their static archive."""
+        import ctypes
+
+        import tvm
+
+        if system_lib_prefix is None:
+            return tvm.runtime.load_module(str(self.lib_path))
+        ctypes.CDLL(str(self.lib_path.resolve()), mode=ctypes.RTLD_GLOBAL)
+        return tvm.runtime.system_lib(system_lib_prefix)
 
     # --- tokenizer and chat template ----------------------------------------------------------
     def _load_tokenizer(self) -> None:
