@@ -42,6 +42,7 @@ VARIANTS = {  # the tiny checkpoints of tests/conftest.py: MHA and GQA, tied and
     "gqa_untied": dict(layers=2, hidden=64, heads=4, kv_heads=2, vocab=512, tied=False, dtype="float16", seed=1),
     "gqa_tied": dict(layers=3, hidden=128, heads=4, kv_heads=1, vocab=640, tied=True, dtype="float32", seed=2),
     "mha_untied": dict(layers=2, hidden=96, heads=3, vocab=512, tied=False, dtype="bfloat16", seed=3),
+    "gqa_d64": dict(layers=2, hidden=128, heads=2, kv_heads=1, vocab=512, tied=False, dtype="bfloat16", seed=4),
 }
 CASES = [f"{v}:{q}" for q in ("q4f32_1", "q4f16_1") for v in VARIANTS]
 

@@ -191,6 +191,9 @@ def lower(weights_dir: Path | str, target: str = "host", *, context_window: int 
     with out.stage(f"Exporting MiniCPM ({info.config.num_hidden_layers} layers, {info.quant.name})"):
         model = build_model(info.config, info.quant, tgt, tied=info.tied)
         mod, named = export(model)
+        if on_gpu:
+            mod = gpu.replace_merge_state(mod, info.config.num_attention_heads, info.config.head_dim,
+                                          info.quant.model_dtype, tgt)
         params = [(n, [int(x) for x in p.shape], p.dtype) for n, p in named]
         mod = interface.attach_functions(mod, hidden_size=info.config.hidden_size, dtype=info.quant.model_dtype,
                                          prefill_chunk_size=chunk, gpu_threads=threads)
