@@ -7,8 +7,10 @@ JOBS   ?= 2
 
 .PHONY: venv sysdeps demo test bench clean
 
-# Debian packages the OpenCL checks need: clang (OpenCL C -> SPIR) and PoCL (an OpenCL CPU device).
-SYSPKGS := clang pocl-opencl-icd ocl-icd-opencl-dev
+# Debian packages the OpenCL checks need: clang (OpenCL C -> SPIR), PoCL (an OpenCL CPU device),
+# the OpenCL headers and ICD loader plus g++ (our OpenCL device for TVM's runtime, runtime/opencl)
+# and Oclgrind (an OpenCL simulator that runs the whole Android model exactly; docs/opencl.md).
+SYSPKGS := clang pocl-opencl-icd ocl-icd-opencl-dev g++ oclgrind
 
 $(BIN)/mcpm-mobile: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +21,8 @@ $(BIN)/mcpm-mobile: pyproject.toml setup.py
 venv: $(BIN)/mcpm-mobile
 
 sysdeps:
-	@if ! command -v clang >/dev/null || ! [ -e /etc/OpenCL/vendors/pocl.icd ]; then \
+	@if ! command -v clang >/dev/null || ! command -v g++ >/dev/null || ! [ -e /etc/OpenCL/vendors/pocl.icd ] \
+	    || ! [ -e /usr/include/CL/cl.h ] || ! [ -e /usr/lib/oclgrind/liboclgrind-rt-icd.so ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); fi; \
 	fi

@@ -91,3 +91,11 @@ def device_name() -> str:
         return str(tvm.get_global_func("mcpm.opencl.device_name")())
     except Exception as e:  # noqa: BLE001 - a tvm_ffi error from the C++ side
         raise MCPMError(str(e).splitlines()[-1])
+
+
+def device_extensions() -> set[str]:
+    """The OpenCL extensions of the device used (``cl_khr_fp16`` decides whether float16 models run)."""
+    import tvm
+
+    device_name()
+    return set(str(tvm.get_global_func("mcpm.opencl.device_extensions")()).split())

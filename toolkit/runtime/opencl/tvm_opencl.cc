@@ -486,6 +486,10 @@ TVM_FFI_STATIC_INIT_BLOCK() {
         Context* c = Context::Get();
         c->Require();
         return DeviceString(CL_DEVICE_NAME) + " (" + DeviceString(CL_DEVICE_VERSION) + ")";
+      })
+      .def("mcpm.opencl.device_extensions", []() -> ffi::String {
+        Context::Get()->Require();
+        return DeviceString(CL_DEVICE_EXTENSIONS);
       });
 }
 
