@@ -305,7 +305,7 @@ class OpenCLModule : public ffi::ModuleObj {
   }
 
   const char* kind() const final { return "opencl"; }
-  int GetPropertyMask() const final { return ffi::Module::kBinarySerializable | ffi::Module::kRunnable; }
+  int GetPropertyMask() const final { return ffi::Module::kRunnable; }
 
   ffi::String InspectSource(const ffi::String& format) const final { return source_; }
 
