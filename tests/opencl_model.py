@@ -50,9 +50,9 @@ def x86_opencl_target() -> dict:
     """The android preset's OpenCL target with an x86-64 Android host (the ABI of Android's x86_64
     emulator) instead of aarch64: dlight and TVM's KV-cache kernels pick their Android schedules when
     the host triple says ``android``, and x86-64 code links and runs on this Linux machine."""
-    from mcpm_mobile.compiler.gpu import PRESETS
+    from mcpm_mobile.target import TARGETS
 
-    return dict(PRESETS["android"], host={"kind": "llvm", "mtriple": "x86_64-linux-android"})
+    return dict(TARGETS["android"].tvm, host={"kind": "llvm", "mtriple": "x86_64-linux-android"})
 
 
 # --- the serialized OpenCL module in a library ------------------------------------------------
