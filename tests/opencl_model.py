@@ -110,7 +110,7 @@ def prefix(variant: str, quantization: str) -> str:
 
 
 def opencl_module_of(tar: Path, prefix: str) -> bytes:
-    from mcpm_mobile.targets.model_lib import LIBRARY_BIN, tar_members
+    from mcpm_mobile.compiler.library import LIBRARY_BIN, tar_members
 
     obj = next(o for n, o in tar_members(tar) if n.endswith("devc.o"))
     return device_modules(obj, prefix + LIBRARY_BIN)["opencl"]
@@ -127,7 +127,7 @@ def link_system_lib(tar: Path, so: Path) -> None:
     import tvm
     import tvm_ffi
 
-    from mcpm_mobile.targets.model_lib import tar_members
+    from mcpm_mobile.compiler.library import tar_members
 
     libs = [Path(tvm.__file__).parent / "lib", Path(tvm_ffi.__file__).parent / "lib"]
     with tempfile.TemporaryDirectory() as tmp:
