@@ -95,6 +95,9 @@ class Lowered:
     seconds: dict
 
 
+MAX_BATCH = 256  # a phone runs one or a few sequences; larger batches only exhaust memory
+
+
 def _limits(weights: Weights, context_window, prefill_chunk, max_batch_size) -> tuple[int, int, int]:
     ctx = int(context_window or weights.context_window_size)
     chunk = int(prefill_chunk or weights.prefill_chunk_size)
@@ -102,6 +105,11 @@ def _limits(weights: Weights, context_window, prefill_chunk, max_batch_size) -> 
     for name, v in (("--context-window", ctx), ("--prefill-chunk", chunk), ("--max-batch-size", batch)):
         if v <= 0:
             raise MCPMError(f"{name} must be positive (got {v})")
+    limit = weights.config.max_position_embeddings
+    if ctx > limit:
+        raise MCPMError(f"--context-window {ctx} exceeds the model's max_position_embeddings ({limit})")
+    if batch > MAX_BATCH:
+        raise MCPMError(f"--max-batch-size {batch} is above {MAX_BATCH}")
     return ctx, min(chunk, ctx), batch
 
 
