@@ -74,7 +74,8 @@ def axpb(A: T.Buffer((4, 6), "float32"), B: T.Buffer((4, 6), "float32"), n: T.in
         for j in T.thread_binding(6, "threadIdx.y"):
             B[i, j] = A[i, j] * s + T.Cast("float32", n)
 
-built = tvm.tirx.build(tvm.IRModule({"axpb": axpb}), target=tvm.target.Target({"kind": "opencl", "host": {"kind": "llvm"}}))
+tgt = tvm.target.Target({"kind": "opencl", "host": {"kind": "llvm"}})
+built = tvm.tirx.build(tvm.IRModule({"axpb": axpb}), target=tgt)
 built.export_library(LIB)
 lib = tvm.runtime.load_module(LIB)  # the "opencl" module goes through our loader
 lib["axpb"](x, y, 3, 0.5)
