@@ -134,6 +134,9 @@ def lower(weights: Weights | Path | str, target: Target | str = "host", *, conte
     with out.stage(f"Exporting MiniCPM ({weights.config.num_hidden_layers} layers, {quant.name})"):
         model = build_model(weights.config, quant, tgt, tied=weights.tied)
         mod, named = export(model)
+        if on_gpu:
+            mod = gpu.replace_merge_state(mod, weights.config.num_attention_heads, weights.config.head_dim,
+                                          quant.model_dtype, tgt)
         params = [(n, [int(x) for x in p.shape], p.dtype) for n, p in named]
         mod = interface.attach_functions(mod, hidden_size=weights.config.hidden_size, dtype=quant.model_dtype,
                                          prefill_chunk_size=chunk, gpu_threads=threads)
