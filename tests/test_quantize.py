@@ -218,8 +218,13 @@ def test_nonexistent_and_nonempty_output(tmp_path, tiny_dir):
     (out / "keep.txt").write_text("x")
     r = run_cli("quantize", tiny_dir(), "-o", out)
     assert r.exit_code == 2 and "not empty" in r.output and (out / "keep.txt").exists()
-    r = run_cli("quantize", tiny_dir(), "-o", out, "--force", "--quiet")
-    assert r.exit_code == 0 and not (out / "keep.txt").exists() and (out / "tensor-cache.json").exists()
+    r = run_cli("quantize", tiny_dir(), "-o", out, "--force", "--quiet")  # not ours: --force refuses
+    assert r.exit_code == 2 and "not written by mcpm-mobile" in r.output and (out / "keep.txt").exists()
+    ours = tmp_path / "ours"
+    assert run_cli("quantize", tiny_dir(), "-o", ours, "--quiet").exit_code == 0
+    (ours / "stale.txt").write_text("x")
+    r = run_cli("quantize", tiny_dir(), "-o", ours, "--force", "--quiet")
+    assert r.exit_code == 0 and not (ours / "stale.txt").exists() and (ours / "tensor-cache.json").exists()
 
 
 def test_unreadable_file(tmp_path, tiny_dir):
@@ -237,7 +242,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, tiny_dir, monkeypatch):
     from mcpm_mobile.quantize import convert
 
     calls = {"n": 0}
-    real = convert.quantize_rows
+    real = convert._convert_param
 
     def boom(*a, **k):
         calls["n"] += 1
@@ -245,7 +250,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, tiny_dir, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(convert, "quantize_rows", boom)
+    monkeypatch.setattr(convert, "_convert_param", boom)
     with pytest.raises(KeyboardInterrupt):
         convert.quantize_checkpoint(tiny_dir(), tmp_path / "o")
     assert list(tmp_path.iterdir()) == []
