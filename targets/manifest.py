@@ -8,8 +8,8 @@ from pathlib import Path
 
 from mcpm_mobile import __version__
 from mcpm_mobile.errors import fail
-from mcpm_mobile.support.jsonio import loads
-from mcpm_mobile.support.paths import member, regular_file
+from mcpm_mobile.support.jsonio import read_json
+from mcpm_mobile.support.paths import member
 
 FILENAME = "manifest.json"
 FORMAT = "mcpm-mobile-package/1"
@@ -54,17 +54,11 @@ def write_manifest(root: Path, info: dict) -> dict:
 
 def read_manifest(root: Path) -> dict:
     path = Path(root) / FILENAME
-    if not regular_file(root, path):
+    manifest = read_json(path, missing_ok=True, root=root)
+    if manifest is None:
         raise fail(path, "not found (is this a package written by mcpm-mobile build?)")
-    try:
-        manifest = loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise fail(path, f"cannot read: {e.strerror or e}")
-    except (UnicodeDecodeError, ValueError) as e:
-        raise fail(path, f"cannot read JSON: {e}")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise fail(path, f"unknown format {str(found)[:40]!r} (expected {FORMAT})")
+    if manifest.get("format") != FORMAT:
+        raise fail(path, f"unknown format {str(manifest.get('format'))[:40]!r} (expected {FORMAT})")
     if DIGEST not in manifest:
         raise fail(path, f"has no {DIGEST} (edited, or written by an older mcpm-mobile: build it again)")
     if manifest.get(DIGEST) != digest(manifest):
