@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from mcpm_mobile.model.config import TEST_CHECKPOINT_NOTICE
 from mcpm_mobile.model.quantization import DEFAULT, QUANTIZATIONS
 from mcpm_mobile.support.output import output_options
 
@@ -15,10 +16,12 @@ from mcpm_mobile.support.output import output_options
 @click.option("--prefill-chunk", type=click.IntRange(min=1), help="Prefill chunk size recorded in mlc-chat-config.json.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @output_options
-def quantize_cmd(model_dir, out_dir, quantization, context_window, prefill_chunk, force, out):
+def quantize_cmd(model_dir, out_dir, quantization, context_window, prefill_chunk, force, output):
     """Quantize a MiniCPM checkpoint (HF layout) into MLC-format weights."""
     from mcpm_mobile.quantize.convert import quantize_checkpoint
 
-    s = quantize_checkpoint(model_dir, out_dir, quantization, force, out, context_window, prefill_chunk)
-    out.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB in {s['shards']} shard(s), "
-                  f"{s['bits_per_param']} bits/param, {s['seconds']:.1f} s")
+    s = quantize_checkpoint(model_dir, out_dir, quantization, force, output, context_window, prefill_chunk)
+    if s["test_checkpoint"]:
+        output.info(TEST_CHECKPOINT_NOTICE)
+    output.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB in "
+                     f"{s['shards']} shard(s), {s['bits_per_param']} bits/param, {s['seconds']:.1f} s")

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from mcpm_mobile.model.config import TEST_CHECKPOINT_NOTICE
 from mcpm_mobile.model.quantization import DEFAULT, QUANTIZATIONS
 from mcpm_mobile.support.output import output_options
 from mcpm_mobile.target import PACKAGED
@@ -23,30 +24,33 @@ from mcpm_mobile.targets.build import RUNTIMES
 @click.option("--model-id", help="Folder and id of the model in the app. [default: <checkpoint>-<quantization>-MLC]")
 @click.option("--app-id", help="Android application id for push-weights.sh. [default: ai.mlc.mlcchat]")
 @click.option("--model-url", help="Where the app downloads the weights (else they are pushed; Android, HarmonyOS).")
-@click.option("--bundle-weights", is_flag=True, help="Put the weights into the APK/HAP assets too (Android, HarmonyOS).")
+@click.option("--bundle-weights", is_flag=True,
+              help="Put the weights into the APK/HAP assets too (Android, HarmonyOS).")
 @click.option("--commercial", is_flag=True, help="The package is for commercial use: enforce the licence terms.")
 @click.option("--license-grant", type=click.Path(path_type=Path), help="Written authorization to record.")
 @click.option("--model-family", help="Licence family, when it cannot be detected from config.json.")
 @click.option("--check-device", help="Fail unless this phone can run the result.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT/<target>.")
 @output_options
-def build_cmd(model_dir, target, out_dir, out, **options):
+def build_cmd(model_dir, target, out_dir, output, **options):
     """Quantize, compile and package MODEL_DIR for a phone."""
     from mcpm_mobile.targets.build import build
 
-    s = build(model_dir, target, out_dir, out=out, **options)
+    s = build(model_dir, target, out_dir, output=output, **options)
+    if s["test_checkpoint"]:
+        output.info(TEST_CHECKPOINT_NOTICE)
     lines = [f"Built {s['output']} ({s['files']} files, {s['bytes'] / 1e6:.1f} MB, {s['seconds']:.1f} s)"]
     lines += ["Fit on reference phones:"] + [f"  {v['line']}" for v in s.get("fit", [])]
-    out.result(s, "\n".join(lines))
+    output.result(s, "\n".join(lines))
 
 
 @click.command("verify")
 @click.argument("package_dir", type=click.Path(path_type=Path))
 @output_options
-def verify_cmd(package_dir, out):
+def verify_cmd(package_dir, output):
     """Re-check a built package: hashes, shards, configs, library vs weights."""
     from mcpm_mobile.targets.package import Package
 
     s = Package.read(package_dir).verify()
-    out.result(s, f"OK {s['package']}: {s['files']} files, weights {', '.join(s['weights'])}, "
+    output.result(s, f"OK {s['package']}: {s['files']} files, weights {', '.join(s['weights'])}, "
                   f"libraries {', '.join(s['libraries']) or 'none'}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mcpm_mobile import __version__
 from mcpm_mobile.errors import fail
+from mcpm_mobile.support.jsonio import read_json
 
 FILENAME = "manifest.json"
 FORMAT = "mcpm-mobile-package/1"
@@ -43,13 +44,9 @@ def write_manifest(root: Path, info: dict) -> dict:
 
 def read_manifest(root: Path) -> dict:
     path = Path(root) / FILENAME
-    if not path.is_file():
-        raise fail(path, "not found (is this a package written by mcpm-mobile build?)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise fail(path, f"cannot read: {e}")
+    manifest = read_json(path, not_found="not found (is this a package written by mcpm-mobile build?)")
+    if not isinstance(manifest.get("files"), list):
+        raise fail(path, "cannot read: no list of files")
     if manifest.get("format") != FORMAT:
         raise fail(path, f"unknown format {manifest.get('format')!r} (expected {FORMAT})")
     return manifest

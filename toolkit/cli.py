@@ -8,6 +8,7 @@ import click
 from mcpm_mobile import __version__
 from mcpm_mobile.compiler.cli import compile_cmd
 from mcpm_mobile.devices.cli import check_cmd, devices_cmd
+from mcpm_mobile.errors import MCPMError
 from mcpm_mobile.formats.cli import export_gguf_cmd, export_onnx_cmd
 from mcpm_mobile.licenses.cli import license_cmd
 from mcpm_mobile.model.cli import dev_cmd
@@ -16,7 +17,27 @@ from mcpm_mobile.runtime.cli import run_cmd
 from mcpm_mobile.targets.cli import build_cmd, verify_cmd
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The command group; library errors that name a parameter (``$out_dir``) get the flag that sets it."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MCPMError as e:
+            command = self.commands.get(ctx.invoked_subcommand or "")
+            e.respell(flags(command) if command else {})
+            raise
+
+
+def flags(command: click.Command) -> dict[str, str]:
+    """Parameter name -> its longest flag (``out_dir`` -> ``--output``), for a command and its subcommands."""
+    found = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
+    for sub in getattr(command, "commands", {}).values():
+        found.update(flags(sub))
+    return found
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mcpm-mobile")
 def main():
     """MiniCPM from a checkpoint on disk to a phone."""

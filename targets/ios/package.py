@@ -24,14 +24,14 @@ def mlc_paths(stage: Path, model_id: str) -> tuple[Path, Path]:
 
 
 def package(stage: Path, target: Target, ckpt: Checkpoint, weights: Weights, lib: ModelLibrary, vram: int,
-            out: Output = Output()) -> dict:
+            output: Output = Output()) -> dict:
     """The MLC bundle's app config and static archive, and the LLMFarm folder with a GGUF of ``ckpt``."""
     model_id = weights.dir.name
     write_archive(lib.path.with_name(target.static_lib), tar_members(lib.path))
     (weights.dir.parent / APP_CONFIG).write_text(json.dumps(app_config(model_id, lib.name, vram, None), indent=2))
     name = model_id.removesuffix("-MLC") + f"-{GGUF_TYPE}"
     gguf = stage / target.assets / "models" / f"{name}.gguf"
-    summary = export_gguf(ckpt, gguf, GGUF_TYPE, out=out)
+    summary = export_gguf(ckpt, gguf, GGUF_TYPE, output=output)
     llmfarm.write_settings(stage / target.assets, gguf.name, ckpt.config, context=weights.context_window_size,
                            name=name)
     return {"gguf": str(gguf.relative_to(stage)), "gguf_bytes": summary["bytes"], "assets": target.assets}

@@ -99,9 +99,9 @@ def _measured(v: Verdict) -> str:
               help="Also draw predicted vs measured speed and memory need vs usable memory.")
 @click.option("--calibration", is_flag=True, help="Show the speed model's in-sample and leave-one-out error.")
 @output_options
-def devices_cmd(os_name, min_ram, profile, context, runtime, no_entitlement, as_csv, plot, calibration, out):
+def devices_cmd(os_name, min_ram, profile, context, runtime, no_entitlement, as_csv, plot, calibration, output):
     """Phones with the memory verdict and predicted decode speed for a model."""
-    if as_csv and out.json:
+    if as_csv and output.json:
         raise MCPMError("choose one of --json and --csv")
     chosen = profiles.select(os_name, min_ram)
     if not chosen and not calibration:
@@ -113,18 +113,18 @@ def devices_cmd(os_name, min_ram, profile, context, runtime, no_entitlement, as_
         from mcpm_mobile.devices.plot import draw
 
         draw(plot, verdicts, cal, profile)
-        out.info(f"[green]✓[/green] wrote {plot}")
+        output.info(f"[green]✓[/green] wrote {plot}")
     if calibration:
-        _show_calibration(cal, out, as_csv)
+        _show_calibration(cal, output, as_csv)
         return
     ctx = verdicts[0].context
     data = {"model": profile.to_dict(), "context": ctx, "runtime": runtime or "auto",
             "phones": [v.to_dict() for v in verdicts]}
     if as_csv:
         click.echo(_devices_csv(verdicts), nl=False)
-    elif out.json:
-        out.result(data)
-    elif not out.quiet:
+    elif output.json:
+        output.result(data)
+    elif not output.quiet:
         _devices_table(verdicts, profile, ctx, runtime)
 
 
@@ -162,6 +162,8 @@ def _devices_table(verdicts: list[Verdict], profile: ModelProfile, ctx: int, run
              "mcpm-mobile builds it); roofline = peak bandwidth / bytes per token. Measured figures come from "
              "the runtime named beside them (compare with --runtime).",
              "Error of the speed model: `mcpm-mobile devices --calibration`."]
+    if profile.test_checkpoint:
+        lines.append(f"No speeds: {profile.name} is a random test checkpoint (mcpm-mobile dev tiny-checkpoint).")
     if extrapolated:
         lines.append("~ efficiency extrapolated: no measurement for this GPU/CPU class with this runtime.")
     if corrected:
@@ -198,9 +200,9 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:+.0%}"
 
 
-def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
-    if out.json:
-        out.result({"rows": cal.rows, "classes": cal.classes, "summary": cal.summary})
+def _show_calibration(cal: speed.Calibration, output, as_csv: bool) -> None:
+    if output.json:
+        output.result({"rows": cal.rows, "classes": cal.classes, "summary": cal.summary})
         return
     if as_csv:
         buf = io.StringIO()
@@ -209,7 +211,7 @@ def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
         writer.writerows(cal.rows)
         click.echo(buf.getvalue(), nl=False)
         return
-    if out.quiet:
+    if output.quiet:
         return
     console = _console()
     table = Table(title=f"Speed model on the measured rows (decode at {cal.summary['context_tokens']} tokens)",
@@ -248,14 +250,14 @@ def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
 @model_options
 @output_options
 @click.pass_context
-def check_cmd(ctx, name, profile, context, runtime, no_entitlement, out):
+def check_cmd(ctx, name, profile, context, runtime, no_entitlement, output):
     """Will a model run on one phone? Exit 0 if it fits, 1 if not, 2 on bad input.
 
     NAME is a phone name, alias or model code ("Xiaomi 12 Pro", "xiaomi12pro", HD1900, LE2100, M182Q).
     """
     phone = profiles.find_phone(name)
     v = evaluate(profile, phone, context, None if runtime == "auto" else runtime, not no_entitlement)
-    out.result(v.to_dict(), text=check_text(v))
+    output.result(v.to_dict(), text=check_text(v))
     if not v.fits:
         ctx.exit(1)
 
@@ -285,8 +287,9 @@ def check_text(v: Verdict) -> str:
                      f"{m.context}  (efficiency {s.efficiency.value:.2f}: {s.efficiency.basis})")
     else:
         lines.append(f"  decode     no prediction: {s.note or 'no measured rows for this runtime/backend'}")
-    lines.append(f"  roofline   {s.ceiling_tps_short:6.1f} tok/s at {short} tokens (efficiency 1: peak bandwidth / "
-                 f"{(prof.weights_read_bytes + prof.kv_bytes(short)) / 1e9:.2f} GB per token)")
+    if s.ceiling_tps_short is not None:
+        lines.append(f"  roofline   {s.ceiling_tps_short:6.1f} tok/s at {short} tokens (efficiency 1: peak bandwidth / "
+                     f"{(prof.weights_read_bytes + prof.kv_bytes(short)) / 1e9:.2f} GB per token)")
     lines.append(f"  prefill    {_tps(s.prefill_tps):>6s} tok/s  ({s.prefill_basis})" if s.prefill_tps
                  else f"  prefill         —  ({s.prefill_basis})")
     seen = set()

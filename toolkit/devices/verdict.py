@@ -8,6 +8,8 @@ from mcpm_mobile.devices.model_profile import ModelProfile
 from mcpm_mobile.errors import MCPMError
 from mcpm_mobile.target import reference_phones
 
+NO_SPEED_FOR_TEST_CHECKPOINT = "a random test checkpoint is too small for a speed to mean anything"
+
 
 @dataclass
 class Verdict:
@@ -52,7 +54,10 @@ class Verdict:
 
     def line(self) -> str:
         """One line for build summaries: name, verdict, margin, largest context, predicted speed."""
-        tps = f"~{self.decode_tps:.1f} tok/s" if self.decode_tps else "speed unknown"
+        if self.decode_tps:
+            tps = f"~{self.decode_tps:.1f} tok/s"
+        else:
+            tps = "no speed: random test checkpoint" if self.profile.test_checkpoint else "speed unknown"
         return (f"{self.phone.name}: {self.status} (need {self.need_bytes / 1e9:.2f} of "
                 f"{self.usable_bytes / 1e9:.2f} GB at {self.context} tokens, margin "
                 f"{self.margin_bytes / 1e9:+.2f} GB, up to {self.max_context} tokens), {tps} ({self.speed.runtime})")
@@ -95,7 +100,10 @@ def evaluate(profile: ModelProfile, phone: profiles.Phone, context: int | None =
     if context > profile.max_context:
         notes.append(f"context {context} exceeds the model's {profile.max_context}-token training context")
     prediction = speed.predict(profile, phone, context, runtime)
-    if prediction.note:
+    if profile.test_checkpoint:  # a speed for a model of a few thousand weights says nothing: give none
+        prediction = speed.Speed(prediction.runtime, prediction.backend, context, prefill_basis="not predicted",
+                                 note=NO_SPEED_FOR_TEST_CHECKPOINT)
+    elif prediction.note:
         notes.append(prediction.note)
     return Verdict(phone, profile, fit, prediction, notes)
 

@@ -16,7 +16,7 @@ def check_output_dir(path: Path, force: bool) -> None:
     if path.exists() and not path.is_dir():
         raise fail(path, "exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not force:
-        raise fail(path, "output directory exists and is not empty (use --force to replace it)")
+        raise fail(path, "output directory exists and is not empty (use $force to replace it)")
 
 
 @contextlib.contextmanager
