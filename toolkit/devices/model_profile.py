@@ -9,7 +9,7 @@ the artifacts themselves (:meth:`ModelProfile.from_weights`), as ``build`` does.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mcpm_mobile.devices import memory
@@ -19,17 +19,20 @@ from mcpm_mobile.formats.weights import Weights
 from mcpm_mobile.model.checkpoint import read_config
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.quantization import DEFAULT, GGUF_TYPES, QUANTIZATIONS, Quantization
+from mcpm_mobile.model.releases import RELEASES
 from mcpm_mobile.support.jsonio import read_json
 
 DEFAULT_PREFILL_CHUNK = 128
-TEST_CHECKPOINT_NOTE = "a random test checkpoint (mcpm-mobile dev tiny-checkpoint), not a real model"
+TEST_CHECKPOINT_NOTE = ("a random test checkpoint (mcpm-mobile dev tiny-checkpoint): its speeds say nothing about "
+                        "a real model")
 WEIGHTS_INDEXES = (tensor_cache.INDEX, tensor_cache.OLD_INDEX)
 CHAT_CONFIG = chat_config.FILENAME
 SEARCH_DEPTH = 3
 LIBRARY_SUFFIXES = (".tar.gz", ".tar", ".so", ".a", ".dylib", ".wasm", ".dll")
 
-# MiniCPM-2B: mlc-llm model_preset.py `minicpm_2b`; MiniCPM-1B: openbmb/MiniCPM-1B-sft-bf16
-# config.json. Both were trained with a 4096-token context.
+# The one preset table (issue 17 item 8): dimensions from each release's config.json, with the source in
+# PRESET_SOURCES and the fields no stored source confirmed in PRESET_UNVERIFIED. The realckpt stand-ins
+# must reproduce these numbers.
 MODEL_PRESETS = {
     "minicpm-2b": dict(vocab_size=122753, hidden_size=2304, num_hidden_layers=40, num_attention_heads=36,
                        num_key_value_heads=36, intermediate_size=5760, tie_word_embeddings=True,
@@ -37,6 +40,38 @@ MODEL_PRESETS = {
     "minicpm-1b": dict(vocab_size=73440, hidden_size=1536, num_hidden_layers=52, num_attention_heads=24,
                        num_key_value_heads=8, intermediate_size=3840, tie_word_embeddings=True,
                        max_position_embeddings=4096),
+    "minicpm4-8b": dict(vocab_size=73448, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                        num_key_value_heads=2, intermediate_size=16384, tie_word_embeddings=False,
+                        max_position_embeddings=32768),
+    "minicpm4.1-8b": dict(vocab_size=73448, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=2, intermediate_size=16384, tie_word_embeddings=False,
+                          max_position_embeddings=32768),
+}
+# Releases whose dimensions come from model/releases.py (the table the stand-ins use; docs/checkpoints.md)
+MODEL_PRESETS.update({name: RELEASES[release].preset() for name, release in (
+    ("minicpm-2b-128k", "MiniCPM-2B-128k"), ("minicpm4-0.5b", "MiniCPM4-0.5B"))})
+MODEL_PRESETS["minicpm4.1-8b"]["max_position_embeddings"] = RELEASES["MiniCPM4.1-8B"].config["max_position_embeddings"]
+PRESET_SOURCES = {
+    "minicpm-2b": "mlc-llm python/mlc_llm/model/model_preset.py minicpm_2b (devices.md section 3a); "
+                  "huggingface.co/openbmb/MiniCPM-2B-dpo-bf16 config.json",
+    "minicpm-1b": "huggingface.co/openbmb/MiniCPM-1B-sft-bf16 config.json (as mirrored by PrunaAI and "
+                  "ProSparse-MiniCPM-1B configs: 52 layers, 24 heads, 8 KV heads, vocab 73440)",
+    "minicpm4-8b": "huggingface.co/openbmb/MiniCPM4-8B config.json (refs/pr/9): hidden 4096, 32 layers, 32 heads, "
+                   "2 KV heads, intermediate 16384, max_position_embeddings 32768",
+    "minicpm4.1-8b": "taken as MiniCPM4-8B's dimensions: MiniCPM4.1-8B is the same architecture retrained "
+                     "(not confirmed against its own config.json); max_position_embeddings 65536 as a FastDeploy "
+                     "MiniCPM4.1 loader copies it from config.json (docs/checkpoints.md)",
+    "minicpm-2b-128k": "MiniCPM-2B's dimensions with the vocabulary (127660) and untied head of its model card "
+                       "(huggingface.co/openbmb/MiniCPM-2B-128k); 131072 positions (docs/checkpoints.md)",
+    "minicpm4-0.5b": "a third-party test reproducing its config.json (hidden 1024, 24 layers, 16 heads, 2 KV heads, "
+                     "intermediate 4096, vocab 73448; docs/checkpoints.md)",
+}
+PRESET_UNVERIFIED = {
+    "minicpm4-8b": ("vocab_size", "tie_word_embeddings"),
+    "minicpm4.1-8b": ("vocab_size", "tie_word_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "intermediate_size", "max_position_embeddings"),
+    "minicpm-2b-128k": ("max_position_embeddings",),
+    "minicpm4-0.5b": ("tie_word_embeddings", "max_position_embeddings"),
 }
 
 
@@ -48,24 +83,39 @@ def quantization_named(name: str) -> Quantization:
     return q
 
 
-# what the fit model reads of a config (and shows as "architecture")
-ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-             "intermediate_size", "tie_word_embeddings", "max_position_embeddings", "head_dim")
+@dataclass(frozen=True)
+class Arch:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 4096
+    head_dim: int = 0
+
+    def __post_init__(self):
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+
+    @classmethod
+    def from_config(cls, cfg: MiniCPMConfig) -> "Arch":
+        return cls(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+                   num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
+                   intermediate_size=cfg.intermediate_size, tie_word_embeddings=bool(cfg.tie_word_embeddings),
+                   max_position_embeddings=cfg.max_position_embeddings, head_dim=cfg.head_dim)
+
+    def family(self) -> str | None:
+        """The preset with these dimensions, if any (used to show measured figures for the same model)."""
+        mine = {k: v for k, v in asdict(self).items() if k not in ("max_position_embeddings", "head_dim")}
+        for name, preset in MODEL_PRESETS.items():
+            if all(mine[k] == v for k, v in preset.items() if k != "max_position_embeddings"):
+                return name
+        return None
 
 
-def preset_arch(name: str) -> MiniCPMConfig:
-    return MiniCPMConfig(**MODEL_PRESETS[name])
-
-
-def model_family(a: MiniCPMConfig) -> str | None:
-    """The preset with these dimensions, if any (used to show measured figures for the same model)."""
-    for name, preset in MODEL_PRESETS.items():
-        if all(getattr(a, k) == v for k, v in preset.items() if k != "max_position_embeddings"):
-            return name
-    return None
-
-
-def weight_bytes(a: MiniCPMConfig, q: Quantization) -> tuple[int, int]:
+def weight_bytes(a: Arch, q: Quantization) -> tuple[int, int]:
     """(total weight bytes, bytes read per decoded token) for a MiniCPM/Llama-layout model.
 
     A decode step reads every layer and the lm_head; the input embedding contributes one row, so
@@ -82,7 +132,7 @@ def weight_bytes(a: MiniCPMConfig, q: Quantization) -> tuple[int, int]:
     return total + embedding, total
 
 
-def params_per_token(a: MiniCPMConfig) -> int:
+def params_per_token(a: Arch) -> int:
     """Weights multiplied per decoded token (each costs 2 FLOPs): all layers plus the lm_head."""
     h, qdim, kvdim = a.hidden_size, a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
     layer = 2 * qdim * h + 2 * kvdim * h + 3 * a.intermediate_size * h
@@ -93,7 +143,7 @@ def params_per_token(a: MiniCPMConfig) -> int:
 class ModelProfile:
     name: str
     quantization: str
-    arch: MiniCPMConfig  # tie_word_embeddings decided
+    arch: Arch
     weight_bytes: int
     weights_read_bytes: int
     weight_source: str
@@ -103,11 +153,10 @@ class ModelProfile:
     context_window: int | None = None
     path: str | None = None
     notes: list[str] = field(default_factory=list)
-    test_checkpoint: bool = False  # random weights from `dev tiny-checkpoint`: no speed is meaningful
 
     @property
     def family(self) -> str | None:
-        return model_family(self.arch)
+        return self.arch.family()
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -129,6 +178,10 @@ class ModelProfile:
     def default_context(self) -> int:
         return self.context_window or min(2048, self.max_context)
 
+    def context_for(self, os: str) -> int:
+        """The context to judge a phone at: the artifact's own, else the per-OS default (see memory.py)."""
+        return self.context_window or min(memory.default_context(os), self.max_context)
+
     def describe(self) -> str:
         size = f"{self.weight_bytes / 1e9:.2f} GB" if self.weight_bytes >= 1e8 else f"{self.weight_bytes / 1e6:.2f} MB"
         return f"{self.name} {self.quantization} ({size} weights, {self.weight_source})"
@@ -139,10 +192,10 @@ class ModelProfile:
                 "weight_source": self.weight_source, "kv_bytes_per_token": self.kv_bytes_per_token,
                 "workspace_bytes": self.workspace_bytes, "workspace_source": self.workspace_source,
                 "context_window": self.context_window, "max_context": self.max_context, "path": self.path,
-                "architecture": {k: getattr(self.arch, k) for k in ARCH_KEYS}, "notes": self.notes, "test_checkpoint": self.test_checkpoint}
+                "architecture": asdict(self.arch), "notes": self.notes}
 
     @classmethod
-    def from_arch(cls, arch: MiniCPMConfig, quantization: str, name: str, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    def from_arch(cls, arch: Arch, quantization: str, name: str, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                   **kwargs) -> "ModelProfile":
         q = quantization_named(quantization)
         total, read = weight_bytes(arch, q)
@@ -157,15 +210,18 @@ class ModelProfile:
     def from_preset(cls, name: str, quantization: str = DEFAULT) -> "ModelProfile":
         if name not in MODEL_PRESETS:
             raise MCPMError(f"unknown preset '{name}'; choose one of {', '.join(MODEL_PRESETS)}")
-        return cls.from_arch(preset_arch(name), quantization, name)
+        profile = cls.from_arch(Arch(**MODEL_PRESETS[name]), quantization, name)
+        if PRESET_UNVERIFIED.get(name):
+            profile.notes.append(f"preset {name}: {', '.join(PRESET_UNVERIFIED[name])} not confirmed in a stored "
+                                 f"source ({PRESET_SOURCES[name]})")
+        return profile
 
     @classmethod
     def from_config(cls, config: MiniCPMConfig, quantization: str, model_dir: Path) -> "ModelProfile":
         """A checkpoint's profile (``config`` with tie_word_embeddings decided) at ``quantization``."""
-        profile = cls.from_arch(config, quantization, model_family(config) or Path(model_dir).name,
-                                path=str(model_dir))
+        arch = Arch.from_config(config)
+        profile = cls.from_arch(arch, quantization, arch.family() or Path(model_dir).name, path=str(model_dir))
         if config.is_test_checkpoint:
-            profile.test_checkpoint = True
             profile.notes.append(TEST_CHECKPOINT_NOTE)
         return profile
 
@@ -173,10 +229,10 @@ class ModelProfile:
     def from_weights(cls, weights: Weights, workspace: tuple[str, int] | None = None) -> "ModelProfile":
         """The profile of quantized weights: real shard bytes; ``workspace``: (source, bytes) of a
         compiled library's largest ``memory_usage`` entry (else an estimate)."""
-        arch = weights.config
+        arch = Arch.from_config(weights.config)
         context = weights.chat_config.get("context_window_size")
         chunk = weights.chat_config.get("prefill_chunk_size") or DEFAULT_PREFILL_CHUNK
-        profile = cls.from_arch(arch, weights.quantization.name, model_family(arch) or weights.dir.name,
+        profile = cls.from_arch(arch, weights.quantization.name, arch.family() or weights.dir.name,
                                 prefill_chunk=chunk, path=str(weights.dir),
                                 context_window=context if isinstance(context, int) and context > 0 else None)
         if weights.index is not None:
@@ -190,7 +246,6 @@ class ModelProfile:
         if workspace:
             profile.workspace_source, profile.workspace_bytes = workspace
         if weights.is_test_checkpoint:
-            profile.test_checkpoint = True
             profile.notes.append(TEST_CHECKPOINT_NOTE)
         return profile
 

@@ -11,7 +11,7 @@ GGUF_FLAVORS = ("minicpm", "openbmb")
 
 
 @click.command("export-gguf")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", type=click.Path(path_type=Path), metavar="MODEL_DIR|HUB_ID[@REV]")
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(path_type=Path), help="GGUF file to write.")
 @click.option("--type", "weight_type", default="q4_0", show_default=True, type=click.Choice(GGUF_TYPES),
               help="Weight type (q4_0 keeps norms f32 and the output matrix q8_0).")
@@ -21,19 +21,25 @@ GGUF_FLAVORS = ("minicpm", "openbmb")
               help="Also write LLMFarm's chats/ and model_setting_templates/ JSON for this file into this folder.")
 @click.option("--context", default=2048, show_default=True, type=click.IntRange(min=16),
               help="Context length in the LLMFarm settings (capped at max_position_embeddings).")
+@click.option("--thinking/--no-thinking", default=None,
+              help="MiniCPM4.1's thinking mode in LLMFarm's prompt format. [default: the template's, thinking on]")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @output_options
-def export_gguf_cmd(model_dir, out_path, weight_type, flavor, llmfarm_dir, context, force, output):
-    """Export a MiniCPM checkpoint (HF layout) as one GGUF file for llama.cpp and LLMFarm (iOS)."""
+def export_gguf_cmd(model_dir, out_path, weight_type, flavor, llmfarm_dir, context, thinking, force, output):
+    """Export a MiniCPM checkpoint (HF layout, local or a Hub id) as one GGUF file for llama.cpp and LLMFarm (iOS)."""
     from mcpm_mobile.formats import llmfarm
     from mcpm_mobile.formats.gguf_export import export_gguf
+    from mcpm_mobile.model import chat_format
     from mcpm_mobile.model.checkpoint import Checkpoint
+    from mcpm_mobile.model.hub import checkpoint_dir
 
-    ckpt = Checkpoint(model_dir)
+    ckpt = Checkpoint(checkpoint_dir(model_dir, output))
+    fmt = chat_format.detect(ckpt.dir, ckpt.config, thinking)  # refuse a bad switch before the export
     s = export_gguf(ckpt, out_path, weight_type, flavor, output, force)
     if llmfarm_dir is not None:
         ctx = min(context, ckpt.config.max_position_embeddings)
-        s["llmfarm"] = [str(p) for p in llmfarm.write_settings(llmfarm_dir, out_path.name, ckpt.config, ctx)]
+        s["llmfarm"] = [str(p) for p in llmfarm.write_settings(llmfarm_dir, out_path.name, ckpt.config, ctx,
+                                                               chat_format=fmt)]
     if ckpt.config.is_test_checkpoint:
         output.info(TEST_CHECKPOINT_NOTICE)
     output.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB, "
@@ -42,7 +48,7 @@ def export_gguf_cmd(model_dir, out_path, weight_type, flavor, llmfarm_dir, conte
 
 
 @click.command("export-onnx")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", type=click.Path(path_type=Path), metavar="MODEL_DIR|HUB_ID[@REV]")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Directory to write (model.onnx, model.onnx.data, genai_config.json, tokenizer).")
 @click.option("--block-size", default=32, show_default=True, type=int,
@@ -59,8 +65,9 @@ def export_onnx_cmd(model_dir, out_dir, block_size, accuracy_level, context_wind
     """Export a MiniCPM checkpoint (HF layout) to an INT4 ONNX decoder for onnxruntime(-genai)."""
     from mcpm_mobile.formats.onnx_export import export_onnx
     from mcpm_mobile.model.checkpoint import Checkpoint
+    from mcpm_mobile.model.hub import checkpoint_dir
 
-    ckpt = Checkpoint(model_dir)
+    ckpt = Checkpoint(checkpoint_dir(model_dir, output))
     s = export_onnx(ckpt, out_dir, block_size, accuracy_level, force, output, context_window)
     if ckpt.config.is_test_checkpoint:
         output.info(TEST_CHECKPOINT_NOTICE)
