@@ -95,6 +95,9 @@ class Lowered:
     seconds: dict
 
 
+MAX_BATCH = 256  # a phone runs one or a few sequences; larger batches only exhaust memory
+
+
 def _limits(weights: Weights, context_window, prefill_chunk, max_batch_size) -> tuple[int, int, int]:
     ctx = int(context_window or weights.context_window_size)
     chunk = int(prefill_chunk or weights.prefill_chunk_size)
@@ -102,6 +105,11 @@ def _limits(weights: Weights, context_window, prefill_chunk, max_batch_size) -> 
     for name, v in (("context_window", ctx), ("prefill_chunk", chunk), ("max_batch_size", batch)):
         if v <= 0:
             raise MCPMError(f"${name} must be positive (got {v})")
+    limit = weights.config.max_position_embeddings
+    if ctx > limit:
+        raise MCPMError(f"$context_window {ctx} exceeds the model's max_position_embeddings ({limit})")
+    if batch > MAX_BATCH:
+        raise MCPMError(f"$max_batch_size {batch} is above {MAX_BATCH}")
     return ctx, min(chunk, ctx), batch
 
 
@@ -153,7 +161,7 @@ def lower(weights: Weights | Path | str, target: Target | str = "host", *, conte
 def library_kind(target: Target, out_path: Path) -> bool:
     """Whether ``out_path`` is a static system library (.tar) rather than a shared one, for ``target``."""
     if out_path.suffix not in target.suffixes:
-        what = "a static system library; linking a shared library for the phone needs the NDK/Xcode"\
+        what = "a static system library; linking a shared library for the phone needs the NDK/Xcode" \
             if target.system_lib else "a shared library" if target.system_lib is False else "shared or static"
         raise fail(out_path, f"the {target.name} library must end in {' or '.join(target.suffixes)} ({what})")
     return out_path.suffix == ".tar" if target.system_lib is None else target.system_lib

@@ -35,11 +35,13 @@ def export_gguf_cmd(model_dir, out_path, weight_type, flavor, llmfarm_dir, conte
 
     ckpt = Checkpoint(checkpoint_dir(model_dir, output))
     fmt = chat_format.detect(ckpt.dir, ckpt.config, thinking)  # refuse a bad switch before the export
+    if llmfarm_dir is not None:
+        llmfarm.check_settings_paths(llmfarm_dir, force=force)  # before the long export
     s = export_gguf(ckpt, out_path, weight_type, flavor, output, force)
     if llmfarm_dir is not None:
         ctx = min(context, ckpt.config.max_position_embeddings)
         s["llmfarm"] = [str(p) for p in llmfarm.write_settings(llmfarm_dir, out_path.name, ckpt.config, ctx,
-                                                               chat_format=fmt)]
+                                                               chat_format=fmt, force=force)]
     if ckpt.config.is_test_checkpoint:
         output.info(TEST_CHECKPOINT_NOTICE)
     output.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB, "

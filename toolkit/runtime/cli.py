@@ -18,7 +18,7 @@ from mcpm_mobile.support.output import output_options
 @click.option("--temperature", type=click.FloatRange(min=0), help="0 = greedy (default: mlc-chat-config.json).")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), help="Nucleus sampling mass.")
 @click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True))
-@click.option("--seed", type=int, help="Random seed for sampling.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Random seed for sampling.")
 @click.option("--thinking/--no-thinking", default=None,
               help="MiniCPM4.1's hybrid reasoning. [default: as built, i.e. the template's default, thinking on]")
 @output_options
@@ -31,6 +31,8 @@ def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p,
 
     if not chat and prompt is None:
         raise MCPMError("give --prompt TEXT or --chat")
+    if prompt is not None:
+        _check_text(prompt, "--prompt")
     with output.stage("Loading the model"):
         engine = Engine(weights_dir, lib)
     if engine.weights.is_test_checkpoint:
@@ -79,6 +81,7 @@ def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p,
                 break
         if not message.strip() or message.strip() in ("/exit", "/quit"):
             break
+        _check_text(message, "stdin")
         try:
             r = engine.generate(message, on_text=on_text if stream else None, continue_conversation=not first, **kwargs)
         except MCPMError as e:
@@ -93,3 +96,12 @@ def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p,
         turns.append(r.to_dict())
     if output.json:
         click.echo(json.dumps({"turns": turns}, ensure_ascii=False, indent=2))
+
+
+def _check_text(text: str, where: str) -> None:
+    from mcpm_mobile.errors import fail
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise fail(where, "is not valid UTF-8 text")

@@ -20,8 +20,10 @@ import numpy as np
 
 from mcpm_mobile.compiler.library import ModelLibrary
 from mcpm_mobile.errors import MCPMError, fail
+from mcpm_mobile.formats.tensor_cache import check_shards
 from mcpm_mobile.formats.weights import Weights
 from mcpm_mobile.runtime.sampling import SamplingParams, apply_repetition_penalty, sample_from_probs
+from mcpm_mobile.support.elf import check_library_file
 
 PAGE_SIZE = 16
 
@@ -77,7 +79,8 @@ class Engine:
         if not self.lib_path.is_file():
             raise fail(self.lib_path, "model library not found (compile one for these weights with "
                                       "`mcpm-mobile compile`)")
-        self.weights.require_index()
+        check_shards(self.weights.dir, self.weights.require_index())  # TVM's loader trusts every offset
+        check_library_file(self.lib_path)
         self._shape = tvm_ffi.Shape
         self.dev = tvm.cpu()
         tvm.get_global_func("runtime.config_threadpool")(1, threads or os.cpu_count() or 1)
