@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from mcpm_mobile.model.config import TEST_CHECKPOINT_NOTICE
 from mcpm_mobile.model.quantization import DEFAULT, QUANTIZATIONS
 from mcpm_mobile.support.output import output_options
 
@@ -17,12 +18,14 @@ from mcpm_mobile.support.output import output_options
               help="MiniCPM4.1's hybrid reasoning in the chat template. [default: the template's, thinking on]")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @output_options
-def quantize_cmd(model_dir, out_dir, quantization, context_window, prefill_chunk, thinking, force, out):
+def quantize_cmd(model_dir, out_dir, quantization, context_window, prefill_chunk, thinking, force, output):
     """Quantize a MiniCPM checkpoint (HF layout, local or a Hub id) into MLC-format weights."""
     from mcpm_mobile.model.hub import checkpoint_dir
     from mcpm_mobile.quantize.convert import quantize_checkpoint
 
-    model_dir = checkpoint_dir(model_dir, out)
-    s = quantize_checkpoint(model_dir, out_dir, quantization, force, out, context_window, prefill_chunk, thinking)
-    out.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB in {s['shards']} shard(s), "
-                  f"{s['bits_per_param']} bits/param, {s['seconds']:.1f} s")
+    model_dir = checkpoint_dir(model_dir, output)
+    s = quantize_checkpoint(model_dir, out_dir, quantization, force, output, context_window, prefill_chunk, thinking)
+    if s["test_checkpoint"]:
+        output.info(TEST_CHECKPOINT_NOTICE)
+    output.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB in "
+                     f"{s['shards']} shard(s), {s['bits_per_param']} bits/param, {s['seconds']:.1f} s")

@@ -38,7 +38,7 @@ def check_group_size(ckpt: Checkpoint, quant: Quantization) -> None:
 
 
 def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: bool = False,
-             out: Output = Output(), context_window: int | None = None, prefill_chunk: int | None = None,
+             output: Output = Output(), context_window: int | None = None, prefill_chunk: int | None = None,
              thinking: bool | None = None) -> Weights:
     """Quantize ``ckpt`` into ``out_dir`` (written to a temp dir, renamed at the end).
 
@@ -50,7 +50,7 @@ def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: 
     with atomic_dir(Path(out_dir), force=force, inputs=(ckpt.dir,), kind="weights") as tmp:
         writer = TensorCacheWriter(tmp)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            with out.progress(f"Quantizing to {quant.name}", ckpt.weight_bytes) as advance:
+            with output.progress(f"Quantizing to {quant.name}", ckpt.weight_bytes) as advance:
                 for param in param_plan(ckpt.config):
                     _convert_param(ckpt, param, quant, writer, advance, pool)
         index = writer.finish()
@@ -67,16 +67,17 @@ def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: 
         "tensors": meta["ParamSize"], "bytes": int(meta["ParamBytes"]), "bits_per_param": round(meta["BitsPerParam"], 4),
         "shards": len(index["records"]), "input_bytes": ckpt.weight_bytes, "seconds": round(seconds, 3),
         "input_gb_per_s": round(ckpt.weight_bytes / seconds / 1e9, 3),
+        "test_checkpoint": ckpt.config.is_test_checkpoint,
     }
     return weights
 
 
 def quantize_checkpoint(model_dir: Path | str, out_dir: Path | str, quantization: str = "q4f16_1",
-                        force: bool = False, out: Output = Output(), context_window: int | None = None,
+                        force: bool = False, output: Output = Output(), context_window: int | None = None,
                         prefill_chunk: int | None = None, thinking: bool | None = None) -> dict:
     """:func:`quantize` from paths and a quantization name; returns the summary."""
     quant = get_quantization(quantization)
-    return quantize(Checkpoint(model_dir), quant, out_dir, force, out, context_window, prefill_chunk, thinking).summary
+    return quantize(Checkpoint(model_dir), quant, out_dir, force, output, context_window, prefill_chunk, thinking).summary
 
 
 def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, writer: TensorCacheWriter, advance,
@@ -96,7 +97,7 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
         return
     (wname, _), (sname, _) = stored_shapes(param, rows, cols, quant).items()
     groups = quant.groups(cols)
-    q_weight = np.empty((rows, groups * quant.group_size // ELEMS_PER_WORD), np.uint32)
+    q_weight = np.empty((rows, groups * quant.group_size // ELEMS_PER_WORD), quant.storage_dtype)
     q_scale = np.empty((rows, groups), quant.model_dtype)
     fast = quant.model_dtype if quant.group_size == kernel.GROUP else None
     for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance, fast):

@@ -4,6 +4,7 @@ from pathlib import Path
 import click
 
 from mcpm_mobile.formats.cli import GGUF_TYPES
+from mcpm_mobile.model.config import TEST_CHECKPOINT_NOTICE
 from mcpm_mobile.model.quantization import DEFAULT, QUANTIZATIONS
 from mcpm_mobile.support.output import output_options
 from mcpm_mobile.target import PACKAGED
@@ -40,16 +41,18 @@ from mcpm_mobile.targets.build import RUNTIMES
               help="MiniCPM4.1's hybrid reasoning in the chat template. [default: the template's, thinking on]")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT/<target>.")
 @output_options
-def build_cmd(model_dir, target, out_dir, out, **options):
+def build_cmd(model_dir, target, out_dir, output, **options):
     """Quantize, compile and package MODEL_DIR for a phone."""
     from mcpm_mobile.model.hub import checkpoint_dir
     from mcpm_mobile.targets.build import build
 
-    model_dir = checkpoint_dir(model_dir, out)
-    s = build(model_dir, target, out_dir, out=out, **options)
+    model_dir = checkpoint_dir(model_dir, output)
+    s = build(model_dir, target, out_dir, output=output, **options)
+    if s["test_checkpoint"]:
+        output.info(TEST_CHECKPOINT_NOTICE)
     lines = [f"Built {s['output']} ({s['files']} files, {s['bytes'] / 1e6:.1f} MB, {s['seconds']:.1f} s)"]
     lines += ["Fit on reference phones:"] + [f"  {v['line']}" for v in s.get("fit", [])]
-    out.result(s, "\n".join(lines))
+    output.result(s, "\n".join(lines))
 
 
 @click.command("verify")
@@ -57,7 +60,7 @@ def build_cmd(model_dir, target, out_dir, out, **options):
 @click.option("--apk", type=click.Path(path_type=Path),
               help="Also check an APK/split Gradle built from the package's asset packs (STORED, aligned, unchanged).")
 @output_options
-def verify_cmd(package_dir, apk, out):
+def verify_cmd(package_dir, apk, output):
     """Re-check a built package: hashes, shards, configs as the apps parse them, library vs weights."""
     from mcpm_mobile.targets.package import Package
 
@@ -65,5 +68,5 @@ def verify_cmd(package_dir, apk, out):
     s = package.verify()
     if apk:
         s["apk"] = package.verify_apk(apk)
-    out.result(s, f"OK {s['package']}: {s['files']} files, weights {', '.join(s['weights'])}, "
+    output.result(s, f"OK {s['package']}: {s['files']} files, weights {', '.join(s['weights'])}, "
                   f"libraries {', '.join(s['libraries']) or 'none'}")

@@ -54,9 +54,7 @@ def write_manifest(root: Path, info: dict) -> dict:
 
 def read_manifest(root: Path) -> dict:
     path = Path(root) / FILENAME
-    manifest = read_json(path, missing_ok=True, root=root)
-    if manifest is None:
-        raise fail(path, "not found (is this a package written by mcpm-mobile build?)")
+    manifest = read_json(path, root=root, not_found="not found (is this a package written by mcpm-mobile build?)")
     if manifest.get("format") != FORMAT:
         raise fail(path, f"unknown format {str(manifest.get('format'))[:40]!r} (expected {FORMAT})")
     if DIGEST not in manifest:

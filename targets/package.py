@@ -143,7 +143,7 @@ class Package:
             if f["path"].startswith(prefix) and len(parts) == 2:
                 expected[parts[1]] = (f["size"], f["sha256"])
         if not expected:
-            raise fail(self.root, "has no asset packs (built without --bundle-weights)")
+            raise fail(self.root, "has no asset packs (built without bundled weights)")
         return asset_pack.check_apk(Path(apk), expected)
 
 

@@ -267,3 +267,25 @@ def test_ios_gguf_type_follows_into_llmfarm(tiny_dir, tmp_path):
     assert run_cli("verify", root).exit_code == 0
     bad = run_cli("build", tiny_dir("mha_tied"), "--target", "ios", "--gguf-type", "q3_k", "-o", tmp_path / "x")
     assert bad.exit_code == 2 and "q3_k" in bad.output
+@pytest.mark.parametrize("args, message", [
+    (["--target", "android", "--runtime", "onnxruntime", "--quantization", "q4f16_1"],
+     "--quantization applies to --runtime mlc only"),
+    (["--target", "ios", "--bundle-weights"], "--bundle-weights: the ios package always bundles the weights"),
+    (["--target", "ios", "--model-url", "https://example.org/w"], "--model-url: the ios package bundles the weights"),
+    (["--target", "harmonyos", "--runtime", "onnxruntime"], "--runtime onnxruntime packages for --target android only"),
+])
+def test_options_a_target_cannot_honour_are_refused(tiny_dir, tmp_path, args, message):
+    """No silent overrides: a combination build would ignore fails in one line before any work."""
+    r = run_cli("build", tiny_dir(), "-o", tmp_path / "d", *args)
+    assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_library_errors_name_parameters_the_cli_names_flags(tiny_dir, tmp_path):
+    from mcpm_mobile.errors import MCPMError
+    from mcpm_mobile.targets.build import build
+
+    with pytest.raises(MCPMError, match=r"^model_id: '\.bad' must be"):
+        build(tiny_dir(), "android", tmp_path / "d", model_id=".bad")
+    r = run_cli("build", tiny_dir(), "--target", "android", "-o", tmp_path / "d", "--model-id", ".bad")
+    assert r.exit_code == 2 and "Error: --model-id: '.bad' must be" in r.output, r.output

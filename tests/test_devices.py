@@ -150,7 +150,7 @@ def test_preset_bytes_match_a_hand_computation(two_b):
     layer = 4 * q4f16_1_bytes(h, h) + 2 * q4f16_1_bytes(ffn, h) + q4f16_1_bytes(h, ffn) + 2 * h * 2
     weights = q4f16_1_bytes(vocab, h) + layers * layer + h * 2
     assert two_b.weight_bytes == weights == two_b.weights_read_bytes  # tied: the table is read as lm_head
-    assert 1.52e9 < weights < 1.54e9  # devices.md: 1.53 GB
+    assert 1.52e9 < weights < 1.54e9  # 2B at 4.5 bits/weight: 1.53 GB
     assert two_b.kv_bytes(2048) == 40 * 2 * 36 * 64 * 2048 * 2 == 754_974_720
     one_b = ModelProfile.from_preset("minicpm-1b")
     assert one_b.kv_bytes_per_token == 52 * 2 * 8 * 64 * 2
@@ -613,3 +613,4 @@ def test_commands_are_registered():
     from mcpm_mobile.cli import main
 
     assert {"devices", "check"} <= set(main.commands)
+

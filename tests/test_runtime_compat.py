@@ -23,7 +23,7 @@ def libs(quantized_dir, tmp_path_factory):
     made = {}
     for target, name in (("android", "lib.tar"), ("host", "lib.so")):
         made[target] = out / name
-        compile_model(weights, target=target, output=made[target],
+        compile_model(weights, target=target, out_path=made[target],
                       **({"system_lib_prefix": "minicpm_q4f16_1_cafe0123_"} if target == "android" else {}))
     return made
 

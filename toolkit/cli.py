@@ -31,6 +31,10 @@ class Guarded(click.Group):
         with raised_as_interrupts() as received:
             try:
                 return super().invoke(ctx)
+            except MCPMError as e:  # a library error names a parameter as $name: show the flag that sets it
+                command = self.commands.get(ctx.invoked_subcommand or "")
+                e.respell(flags(command) if command else {})
+                raise
             except (click.exceptions.Exit, click.ClickException, click.Abort):
                 raise
             except KeyboardInterrupt as e:
@@ -48,6 +52,14 @@ class Guarded(click.Group):
                 first = (str(e).strip().splitlines() or [""])[0][:200]
                 raise MCPMError(f"internal error ({type(e).__name__}: {first}); set {DEBUG_ENV}=1 for the "
                                 "traceback and please report it", exit_code=70) from None
+
+
+def flags(command: click.Command) -> dict[str, str]:
+    """Parameter name -> its longest flag (``out_dir`` -> ``--output``), for a command and its subcommands."""
+    found = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
+    for sub in getattr(command, "commands", {}).values():
+        found.update(flags(sub))
+    return found
 
 
 def _interrupted(signum: int):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from mcpm_mobile.errors import fail
+from mcpm_mobile.errors import MCPMError
 
 DEFAULT_CUDA_ARCH = "sm_90"  # H100
 _AARCH64_ANDROID = {"kind": "llvm", "mtriple": "aarch64-linux-android"}
@@ -93,7 +93,7 @@ OS_LABELS = {t.os: t.os_label for t in TARGETS.values() if t.os}
 def get_target(name: str) -> Target:
     name = ALIASES.get(name, name)
     if name not in TARGETS:
-        raise fail("target", f"unknown target '{name}' (choose from {', '.join(TARGETS)} or a JSON TVM target)")
+        raise MCPMError(f"$target: unknown target '{name}' (choose from {', '.join(TARGETS)} or a JSON TVM target)")
     return TARGETS[name]
 
 

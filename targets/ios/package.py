@@ -25,14 +25,14 @@ def mlc_paths(stage: Path, model_id: str) -> tuple[Path, Path]:
 
 
 def package(stage: Path, target: Target, ckpt: Checkpoint, weights: Weights, lib: ModelLibrary, vram: int,
-            gguf_type: str = GGUF_TYPE, out: Output = Output()) -> dict:
+            gguf_type: str = GGUF_TYPE, output: Output = Output()) -> dict:
     """The MLC bundle's app config and static archive, and the LLMFarm folder with a GGUF of ``ckpt``."""
     model_id = weights.dir.name
     write_archive(lib.path.with_name(target.static_lib), tar_members(lib.path))
     (weights.dir.parent / APP_CONFIG).write_text(json.dumps(ios_app_config(model_id, lib.name, vram), indent=2))
     name = model_id.removesuffix("-MLC") + f"-{gguf_type}"
     gguf = stage / target.assets / "models" / f"{name}.gguf"
-    summary = export_gguf(ckpt, gguf, gguf_type, out=out)
+    summary = export_gguf(ckpt, gguf, gguf_type, output=output)
     fmt = chat_format.from_conv_template(weights.chat_config["conv_template"])  # as quantized, thinking included
     llmfarm.write_settings(stage / target.assets, gguf.name, ckpt.config, context=weights.context_window_size,
                            name=name, chat_format=fmt)

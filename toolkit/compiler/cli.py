@@ -23,26 +23,31 @@ TARGET_HELP = ", ".join(f"'{t.name}' ({t.description}, {t.suffixes[0]})" for t i
 @click.option("--cuda-arch", help="CUDA architecture for --target cuda (default: sm_90, H100).")
 @output_options
 def compile_cmd(weights_dir, target, out_path, context_window, prefill_chunk, max_batch_size, system_lib_prefix,
-                cuda_arch, out):
+                cuda_arch, output):
     """Compile the model of WEIGHTS_DIR (from `mcpm-mobile quantize`) into a model library."""
     from mcpm_mobile.compiler.compile import compile_model
+    from mcpm_mobile.formats.weights import Weights
+    from mcpm_mobile.model.config import TEST_CHECKPOINT_NOTICE
 
-    lib = compile_model(weights_dir, target, out_path, context_window, prefill_chunk, max_batch_size, out,
+    weights = Weights.read(weights_dir)
+    lib = compile_model(weights, target, out_path, context_window, prefill_chunk, max_batch_size, output,
                         system_lib_prefix=system_lib_prefix, cuda_arch=cuda_arch)
+    if weights.is_test_checkpoint:
+        output.info(TEST_CHECKPOINT_NOTICE)
     m = lib.metadata
     s = {"output": str(lib.path), "target": m["mcpm"]["target"], "model_type": m["model_type"],
          "quantization": m["quantization"], "context_window_size": m["context_window_size"],
          "prefill_chunk_size": m["prefill_chunk_size"], "max_batch_size": m["max_batch_size"],
          "num_params": len(m["params"]), "tied": m["mcpm"]["tie_word_embeddings"],
          "system_lib_prefix": lib.system_lib_prefix, "seconds": lib.seconds}
-    out.result(s, f"Wrote {s['output']} ({s['quantization']}, context {s['context_window_size']}, prefill chunk "
+    output.result(s, f"Wrote {s['output']} ({s['quantization']}, context {s['context_window_size']}, prefill chunk "
                   f"{s['prefill_chunk_size']}, batch {s['max_batch_size']}) in {s['seconds']['total_s']:.1f} s")
 
 
 @click.command("inspect")
 @click.argument("library", type=click.Path(path_type=Path))
 @output_options
-def inspect_cmd(library, out):
+def inspect_cmd(library, output):
     """Read the runtime formats out of a model library (.tar/.so) and the oldest runtime that loads it."""
     from mcpm_mobile.compiler.runtime_compat import compatibility, read_formats
 
@@ -59,4 +64,4 @@ def inspect_cmd(library, out):
              f"Oldest mlc-llm:     {c['oldest_mlc_llm']}",
              "Check your app's TVM tree (mlc-llm: 3rdparty/tvm) for each:"]
     lines += [f"  {r['what']}: {r['check']}" for r in c["requires"]]
-    out.result({"library": str(library), **f, **c}, "\n".join(lines))
+    output.result({"library": str(library), **f, **c}, "\n".join(lines))

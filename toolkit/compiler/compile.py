@@ -102,20 +102,20 @@ def _limits(weights: Weights, context_window, prefill_chunk, max_batch_size) -> 
     ctx = int(context_window or weights.context_window_size)
     chunk = int(prefill_chunk or weights.prefill_chunk_size)
     batch = int(max_batch_size or weights.max_batch_size)
-    for name, v in (("--context-window", ctx), ("--prefill-chunk", chunk), ("--max-batch-size", batch)):
+    for name, v in (("context_window", ctx), ("prefill_chunk", chunk), ("max_batch_size", batch)):
         if v <= 0:
-            raise MCPMError(f"{name} must be positive (got {v})")
+            raise MCPMError(f"${name} must be positive (got {v})")
     limit = weights.config.max_position_embeddings
     if ctx > limit:
-        raise MCPMError(f"--context-window {ctx} exceeds the model's max_position_embeddings ({limit})")
+        raise MCPMError(f"$context_window {ctx} exceeds the model's max_position_embeddings ({limit})")
     if batch > MAX_BATCH:
-        raise MCPMError(f"--max-batch-size {batch} is above {MAX_BATCH}")
+        raise MCPMError(f"$max_batch_size {batch} is above {MAX_BATCH}")
     return ctx, min(chunk, ctx), batch
 
 
 def lower(weights: Weights | Path | str, target: Target | str = "host", *, context_window: int | None = None,
           prefill_chunk: int | None = None, max_batch_size: int | None = None, system_lib_prefix: str | None = None,
-          cuda_arch: str | None = None, out: Output = Output()) -> Lowered:
+          cuda_arch: str | None = None, output: Output = Output()) -> Lowered:
     """Export the model of ``weights`` and run our Relax pipeline for ``target`` (no codegen)."""
     import tvm
 
@@ -131,7 +131,7 @@ def lower(weights: Weights | Path | str, target: Target | str = "host", *, conte
     threads = gpu.max_threads(tgt) if on_gpu else None
     times = {}
     t0 = time.perf_counter()
-    with out.stage(f"Exporting MiniCPM ({weights.config.num_hidden_layers} layers, {quant.name})"):
+    with output.stage(f"Exporting MiniCPM ({weights.config.num_hidden_layers} layers, {quant.name})"):
         model = build_model(weights.config, quant, tgt, tied=weights.tied)
         mod, named = export(model)
         if on_gpu:
@@ -150,7 +150,7 @@ def lower(weights: Weights | Path | str, target: Target | str = "host", *, conte
     meta = build_metadata(weights, params, context_window=ctx, prefill_chunk=chunk, max_batch_size=batch,
                           target_str=str(tgt))
     t1 = time.perf_counter()
-    with out.stage(f"Scheduling for {tgt.attrs.get('mcpu', tgt.kind.name)}"):
+    with output.stage(f"Scheduling for {tgt.attrs.get('mcpu', tgt.kind.name)}"):
         # CSE would hoist index expressions into extra kernel arguments; MLC disables it too
         config = {"tirx.disable_cse_tir": True} if on_gpu else {}
         with tvm.transform.PassContext(opt_level=3, config=config):
@@ -161,17 +161,17 @@ def lower(weights: Weights | Path | str, target: Target | str = "host", *, conte
     return Lowered(mod, tgt, weights, meta, times)
 
 
-def library_kind(target: Target, output: Path) -> bool:
-    """Whether ``output`` is a static system library (.tar) rather than a shared one, for ``target``."""
-    if output.suffix not in target.suffixes:
+def library_kind(target: Target, out_path: Path) -> bool:
+    """Whether ``out_path`` is a static system library (.tar) rather than a shared one, for ``target``."""
+    if out_path.suffix not in target.suffixes:
         what = "a static system library; linking a shared library for the phone needs the NDK/Xcode" \
             if target.system_lib else "a shared library" if target.system_lib is False else "shared or static"
-        raise fail(output, f"the {target.name} library must end in {' or '.join(target.suffixes)} ({what})")
-    return output.suffix == ".tar" if target.system_lib is None else target.system_lib
+        raise fail(out_path, f"the {target.name} library must end in {' or '.join(target.suffixes)} ({what})")
+    return out_path.suffix == ".tar" if target.system_lib is None else target.system_lib
 
 
-def write_library(low: Lowered, output: Path, system_lib: bool, out: Output = Output()) -> dict:
-    """Generate code for a lowered model and write it atomically to ``output`` (.so or system-lib .tar)."""
+def write_library(low: Lowered, out_path: Path, system_lib: bool, output: Output = Output()) -> dict:
+    """Generate code for a lowered model and write it atomically to ``out_path`` (.so or system-lib .tar)."""
     import tvm
     from tvm import relax
 
@@ -179,14 +179,14 @@ def write_library(low: Lowered, output: Path, system_lib: bool, out: Output = Ou
 
     tgt, times = low.target, {}
     t1 = time.perf_counter()
-    with out.stage(f"Generating code for {tgt.kind.name}"):
+    with output.stage(f"Generating code for {tgt.kind.name}"):
         with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_cse_tir": True} if gpu.is_gpu(tgt) else {}):
             ex = relax.build(low.mod, tgt, relax_pipeline=None, system_lib=system_lib or None)
     times["build_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    with out.stage(f"{'Archiving' if system_lib else 'Linking'} {output.name}"):
-        with atomic_file(output) as tmp:
-            lib_tmp = tmp.with_name(tmp.name + output.suffix)
+    with output.stage(f"{'Archiving' if system_lib else 'Linking'} {out_path.name}"):
+        with atomic_file(out_path) as tmp:
+            lib_tmp = tmp.with_name(tmp.name + out_path.suffix)
             try:
                 ex.export_library(str(lib_tmp))
                 os.replace(lib_tmp, tmp)
@@ -196,9 +196,9 @@ def write_library(low: Lowered, output: Path, system_lib: bool, out: Output = Ou
     return times
 
 
-def compile_model(weights: Weights | Path | str, target: Target | str = "host", output: Path | str | None = None,
+def compile_model(weights: Weights | Path | str, target: Target | str = "host", out_path: Path | str | None = None,
                   context_window: int | None = None, prefill_chunk: int | None = None,
-                  max_batch_size: int | None = None, out: Output = Output(), *,
+                  max_batch_size: int | None = None, output: Output = Output(), *,
                   system_lib_prefix: str | None = None, cuda_arch: str | None = None) -> ModelLibrary:
     """Compile the model that ``weights`` describe into a model library for ``target``.
 
@@ -209,22 +209,22 @@ def compile_model(weights: Weights | Path | str, target: Target | str = "host", 
     weights = Weights.of(weights)
     target = parse_target(target)
     ctx, chunk, batch = _limits(weights, context_window, prefill_chunk, max_batch_size)
-    if output is None and target.custom:
-        raise MCPMError("-o/--output is required with a JSON target")
-    if output is None:
-        output = weights.dir / target.library_file(f"{weights.model_type}-{weights.quantization.name}"
+    if out_path is None and target.custom:
+        raise MCPMError("$out_path is required with a JSON target")
+    if out_path is None:
+        out_path = weights.dir / target.library_file(f"{weights.model_type}-{weights.quantization.name}"
                                                    f"-{target.name}")
-    output = Path(output)
-    system_lib = library_kind(target, output)
+    out_path = Path(out_path)
+    system_lib = library_kind(target, out_path)
     if system_lib_prefix is not None and not system_lib:
-        raise MCPMError("--system-lib-prefix applies to static system libraries (.tar) only")
+        raise MCPMError("$system_lib_prefix applies to static system libraries (.tar) only")
     if system_lib:
         system_lib_prefix = check_system_lib_prefix(system_lib_prefix or model_lib_name(weights.chat_config,
                                                                                         target.key) + "_")
     low = lower(weights, target, context_window=ctx, prefill_chunk=chunk, max_batch_size=batch,
-                system_lib_prefix=system_lib_prefix, cuda_arch=cuda_arch, out=out)
+                system_lib_prefix=system_lib_prefix, cuda_arch=cuda_arch, output=output)
     times = dict(low.seconds)
-    times.update(write_library(low, output, system_lib, out))
+    times.update(write_library(low, out_path, system_lib, output))
     times["total_s"] = sum(times.values())
-    return ModelLibrary(output, low.metadata, target, system_lib_prefix if system_lib else None,
+    return ModelLibrary(out_path, low.metadata, target, system_lib_prefix if system_lib else None,
                         {k: round(v, 2) for k, v in times.items()})

@@ -12,8 +12,6 @@
 """
 from __future__ import annotations
 
-import contextlib
-
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
@@ -29,10 +27,10 @@ def tvm_target(spec: dict, cuda_arch: str | None = None) -> Target:
     """A TVM target from a target table entry's JSON dict; ``cuda_arch`` overrides a CUDA target's arch."""
     spec = dict(spec)
     if cuda_arch and spec.get("kind") != "cuda":
-        raise MCPMError("--cuda-arch applies to --target cuda only")
+        raise MCPMError("$cuda_arch applies to $target cuda only")
     if cuda_arch:
         if not (cuda_arch.startswith("sm_") and cuda_arch[3:].rstrip("a").isdigit()):
-            raise MCPMError(f"--cuda-arch must look like sm_90 or sm_80 (got '{cuda_arch}')")
+            raise MCPMError(f"$cuda_arch must look like sm_90 or sm_80 (got '{cuda_arch}')")
         spec["arch"] = cuda_arch
     return Target(spec)
 
@@ -46,32 +44,27 @@ def max_threads(target: Target) -> int:
 
 
 # --- schedules ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _no_tensorize():
-    """Make dlight's Matmul skip its tensorized variants (they segfault in TVM 0.27)."""
-    import tvm.s_tir.dlight.gpu.matmul as mm
+def _simt_stand_in(target: Target) -> Target:
+    """The target dlight's Matmul is shown so that it takes its SIMT schedule.
 
-    saved = mm.MetalMatmul.apply, mm.MatmulTensorization.apply, mm.MatmulInt8Tensorization.apply
-
-    def _skip(*_args):
-        return None
-
-    def _raise(*_args):  # Matmul catches exceptions of the Metal path and falls back to SIMT
-        raise RuntimeError("simdgroup matmul disabled")
-
-    mm.MetalMatmul.apply, mm.MatmulTensorization.apply, mm.MatmulInt8Tensorization.apply = _raise, _skip, _skip
-    try:
-        yield
-    finally:
-        mm.MetalMatmul.apply, mm.MatmulTensorization.apply, mm.MatmulInt8Tensorization.apply = saved
+    Its tensorized paths (Metal simdgroup, CUDA wmma) segfault inside ``s_tir.Tensorize`` in TVM 0.27.
+    Matmul reads the target only to pick those paths (kind metal; kind cuda with arch sm_70 or newer)
+    and its tile config (by kind, and Android/Adreno OpenCL); Metal gets the default config, which a
+    plain OpenCL target also gets, and CUDA keeps its config with an arch below sm_70.
+    """
+    kind = target.kind.name
+    if kind == "metal":
+        return Target({"kind": "opencl"})
+    if kind == "cuda":
+        return Target({"kind": "cuda", "arch": "sm_60"})
+    return target
 
 
 class SIMTMatmul(ScheduleRule):
     """dlight's Matmul, always with the SIMT (non-tensorized) schedule."""
 
     def apply(self, func, target, tunable):
-        with _no_tensorize():
-            return dl.gpu.Matmul().apply(func, target, tunable)
+        return dl.gpu.Matmul().apply(func, _simt_stand_in(target), tunable)
 
 
 def _symbolic_vars(func: tirx.PrimFunc) -> set:

@@ -42,7 +42,7 @@ def check_system_lib_prefix(prefix: str) -> str:
     """TVM 0.27 fails to build a system library with a prefix under 8 characters, and a prefix
     starting with a digit makes OpenCL/Metal kernel names invalid."""
     if not (IDENTIFIER.match(prefix) and len(prefix) >= 8):
-        raise MCPMError(f"--system-lib-prefix '{prefix}': must be a C identifier (letters, digits, '_', "
+        raise MCPMError(f"$system_lib_prefix '{prefix}': must be a C identifier (letters, digits, '_', "
                         "not starting with a digit) of at least 8 characters")
     return prefix
 
@@ -54,10 +54,6 @@ class ModelLibrary:
     target: Target | None = None  # None: read from a file whose target is not known
     system_lib_prefix: str | None = None  # static system libraries: the prefix of their symbols
     seconds: dict = field(default_factory=dict)  # compile time per stage, when just compiled
-
-    @classmethod
-    def of(cls, source: "ModelLibrary | Path | str") -> "ModelLibrary":
-        return source if isinstance(source, cls) else cls.read(source)
 
     @classmethod
     def read(cls, path: Path | str, target: Target | None = None) -> "ModelLibrary":

@@ -1,6 +1,6 @@
 """Our Relax compile pipeline, built only from TVM's public passes and dlight.
 
-Phases (mirroring the order MLC-LLM uses, reference mlc_interface.md §5.3):
+Phases (in the order MLC-LLM's own compile pipeline uses):
 
 0. interface functions and variable bounds are attached before the pipeline (``compile.py``);
 1. graph rewrites: ``FuseTransposeMatmul`` (a transpose feeding a matmul never materialises);

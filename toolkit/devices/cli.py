@@ -106,9 +106,9 @@ def _range(low: float | None, high: float | None) -> str:
               help="Also draw predicted vs measured speed and memory need vs usable memory.")
 @click.option("--calibration", is_flag=True, help="Show the speed model's in-sample and leave-one-out error.")
 @output_options
-def devices_cmd(os_name, min_ram, profile, context, runtime, no_entitlement, as_csv, plot, calibration, out):
+def devices_cmd(os_name, min_ram, profile, context, runtime, no_entitlement, as_csv, plot, calibration, output):
     """Phones with the memory verdict and predicted decode speed for a model."""
-    if as_csv and out.json:
+    if as_csv and output.json:
         raise MCPMError("choose one of --json and --csv")
     chosen = profiles.select(os_name, min_ram)
     if not chosen and not calibration:
@@ -120,18 +120,18 @@ def devices_cmd(os_name, min_ram, profile, context, runtime, no_entitlement, as_
         from mcpm_mobile.devices.plot import draw
 
         draw(plot, verdicts, cal, profile)
-        out.info(f"[green]✓[/green] wrote {plot}")
+        output.info(f"[green]✓[/green] wrote {plot}")
     if calibration:
-        _show_calibration(cal, out, as_csv)
+        _show_calibration(cal, output, as_csv)
         return
     ctx = verdicts[0].context if verdicts else profile.default_context
     data = {"model": profile.to_dict(), "context": context, "runtime": runtime or "auto",
             "phones": [v.to_dict() for v in verdicts]}
     if as_csv:
         click.echo(_devices_csv(verdicts), nl=False)
-    elif out.json:
-        out.result(data)
-    elif not out.quiet:
+    elif output.json:
+        output.result(data)
+    elif not output.quiet:
         _devices_table(verdicts, profile, runtime)
 
 
@@ -210,9 +210,9 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:+.0%}"
 
 
-def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
-    if out.json:
-        out.result({"rows": cal.rows, "classes": cal.classes, "summary": cal.summary})
+def _show_calibration(cal: speed.Calibration, output, as_csv: bool) -> None:
+    if output.json:
+        output.result({"rows": cal.rows, "classes": cal.classes, "summary": cal.summary})
         return
     if as_csv:
         buf = io.StringIO()
@@ -221,7 +221,7 @@ def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
         writer.writerows(cal.rows)
         click.echo(buf.getvalue(), nl=False)
         return
-    if out.quiet:
+    if output.quiet:
         return
     console = _console()
     table = Table(title=f"Speed ranges on the measured rows (decode at {cal.summary['context_tokens']} tokens); "
@@ -273,7 +273,7 @@ def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
 @model_options
 @output_options
 @click.pass_context
-def check_cmd(ctx, name, soc_name, ram, os_name, profile, context, runtime, no_entitlement, out):
+def check_cmd(ctx, name, soc_name, ram, os_name, profile, context, runtime, no_entitlement, output):
     """Will a model run on one phone, in how much memory, how fast?
 
     NAME is a phone name, alias or model code ("Xiaomi 12 Pro", "xiaomi12pro", "s24+", HD1900, LE2100);
@@ -289,10 +289,10 @@ def check_cmd(ctx, name, soc_name, ram, os_name, profile, context, runtime, no_e
     verdicts = [evaluate(profile, p, context, None if runtime == "auto" else runtime, not no_entitlement)
                 for p in phones]
     if len(verdicts) == 1:
-        out.result(verdicts[0].to_dict(), text=check_text(verdicts[0]))
+        output.result(verdicts[0].to_dict(), text=check_text(verdicts[0]))
     else:
-        out.result({"name": name, "variants": [v.to_dict() for v in verdicts]},
-                   text=f"'{name}' is sold with different chips; each variant:\n\n"
+        output.result({"name": name, "variants": [v.to_dict() for v in verdicts]},
+                      text=f"'{name}' is sold with different chips; each variant:\n\n"
                         + "\n\n".join(check_text(v) for v in verdicts))
     if not all(v.fits for v in verdicts):
         ctx.exit(1)

@@ -1,6 +1,6 @@
 """Will the model fit? Memory need (weights + KV cache + workspace + runtime) against what an app may use.
 
-Usable memory follows devices.md section 3: on iOS the jetsam limit for the phone's RAM (default and
+Usable memory: on iOS the jetsam limit for the phone's RAM (default and
 with the increased-memory-limit entitlement); on Android and HarmonyOS a fraction of physical RAM,
 since there is no per-app cap, only the low-memory killer, and for MLC no more than its measured
 OpenCL budget (4352 MiB, mlc-llm #2686). The figures live in data/phones.json (``app_memory``).

@@ -17,7 +17,7 @@ def draw(path: Path, verdicts: list[Verdict], cal: Calibration, profile: ModelPr
     try:
         import matplotlib
     except ImportError:
-        raise MCPMError("--plot needs matplotlib: pip install 'mcpm-mobile[plot]'")
+        raise MCPMError("$plot needs matplotlib: pip install 'mcpm-mobile[plot]'")
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 

@@ -380,7 +380,7 @@ def phone_from_soc(soc: Soc, ram_gb: float, os: str | None = None) -> Phone:
     if (os == "ios") != (soc.vendor == "Apple"):
         raise MCPMError(f"the {soc.name} does not run {OS_LABELS[os]}")
     if ram_gb <= 0:
-        raise MCPMError(f"--ram must be a positive number of GB (got {ram_gb:g})")
+        raise MCPMError(f"$ram must be a positive number of GB (got {ram_gb:g})")
     mem = soc.memory[0]
     return Phone(id=f"soc:{soc.id}:{ram_gb:g}", name=f"a {soc.name} phone with {ram_gb:g} GB", brand="", soc=soc,
                  ram_gb=ram_gb, ram_type=mem.type, os=os, os_version="", year=0,
@@ -394,5 +394,5 @@ def with_ram(phone: Phone, ram_gb: float) -> Phone:
     options = sorted(set(phone.ram_variants_gb) | {phone.ram_gb})
     if ram_gb not in options:
         raise MCPMError(f"{phone.name} comes with {' or '.join(f'{r:g}' for r in options)} GB; "
-                        f"--ram {ram_gb:g} is not one of them")
+                        f"$ram {ram_gb:g} is not one of them")
     return dataclasses.replace(phone, ram_gb=ram_gb)

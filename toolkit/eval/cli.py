@@ -46,7 +46,7 @@ def format_report(r: dict) -> str:
 @click.option("--windows", "max_windows", type=click.IntRange(min=1), help="Evaluate at most this many windows.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads per engine [default: all cores].")
 @output_options
-def eval_cmd(model_dir, text_file, gguf, mlc, onnx, context, max_windows, threads, out):
+def eval_cmd(model_dir, text_file, gguf, mlc, onnx, context, max_windows, threads, output):
     """What quantization costs: MODEL_DIR's float model vs each artifact on a text.
 
     Reports perplexity, KL divergence of each artifact's next-token distribution from the float model's
@@ -55,5 +55,5 @@ def eval_cmd(model_dir, text_file, gguf, mlc, onnx, context, max_windows, thread
     from mcpm_mobile.eval.evaluate import evaluate
 
     r = evaluate(model_dir, read_text(text_file), gguf=gguf, mlc=mlc, onnx=onnx, context=context,
-                 max_windows=max_windows, threads=threads, text_source=text_file, out=out)
-    out.result(r, format_report(r))
+                 max_windows=max_windows, threads=threads, text_source=text_file, output=output)
+    output.result(r, format_report(r))

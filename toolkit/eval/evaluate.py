@@ -51,7 +51,7 @@ def make_windows(ids: list[int], context: int, bos: int, max_windows: int | None
 
 def evaluate(model_dir: Path | str, text: str, *, gguf=(), mlc=(), onnx=(), context: int | None = None,
              max_windows: int | None = None, threads: int | None = None, text_source="the text",
-             out: Output = Output()) -> dict:
+             output: Output = Output()) -> dict:
     """Float checkpoint vs each artifact on ``text``. ``mlc`` holds (weights_dir, library) pairs."""
     ckpt = Checkpoint(model_dir)
     c = ckpt.config
@@ -72,7 +72,7 @@ def evaluate(model_dir: Path | str, text: str, *, gguf=(), mlc=(), onnx=(), cont
         for a in artifacts:
             a.check_tokenizer(sample, sample_ids, c.vocab_size)
         steps = c.num_hidden_layers + 1 + len(artifacts) * len(windows)
-        with out.progress(f"Evaluating {len(windows)} windows of {context} tokens", steps, unit="steps") as advance:
+        with output.progress(f"Evaluating {len(windows)} windows of {context} tokens", steps, unit="steps") as advance:
             model = FloatModel(ckpt)
             t0 = time.perf_counter()
             base = model.logits(windows, first, advance)

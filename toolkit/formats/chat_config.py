@@ -1,12 +1,12 @@
 """``mlc-chat-config.json``: what MLC's runtime and apps read next to the weights."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.model.chat_format import MINICPM, ChatFormat
 from mcpm_mobile.model.config import MiniCPMConfig
+from mcpm_mobile.support.jsonio import read_json
 
 FILENAME = "mlc-chat-config.json"
 VERSION = "0.1.0"
@@ -55,14 +55,7 @@ def build(config: MiniCPMConfig, quantization: str, tokenizer_files: list[str], 
 def read(weights_dir: Path) -> dict:
     """The chat config of a weights directory; it must at least say the quantization and model config."""
     path = Path(weights_dir) / FILENAME
-    if not path.is_file():
-        raise fail(path, "not found (is this an mcpm-mobile/MLC weights directory?)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise fail(path, f"cannot read: {e}")
-    if not isinstance(cfg, dict):
-        raise fail(path, "expected a JSON object")
+    cfg = read_json(path, not_found="not found (is this an mcpm-mobile/MLC weights directory?)")
     check_fields(cfg, path, ("quantization", "model_config"))
     return cfg
 

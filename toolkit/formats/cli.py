@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from mcpm_mobile.model.config import TEST_CHECKPOINT_NOTICE
 from mcpm_mobile.support.output import output_options
 
 GGUF_TYPES = ("q4_0", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "f32")  # gguf_export.TYPES (no gguf import here)
@@ -25,7 +26,7 @@ GGUF_FLAVORS = ("minicpm", "openbmb")
               help="MiniCPM4.1's thinking mode in LLMFarm's prompt format. [default: the template's, thinking on]")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @output_options
-def export_gguf_cmd(model_dir, out_path, weight_type, flavor, llmfarm_dir, context, thinking, force, out):
+def export_gguf_cmd(model_dir, out_path, weight_type, flavor, llmfarm_dir, context, thinking, force, output):
     """Export a MiniCPM checkpoint (HF layout, local or a Hub id) as one GGUF file for llama.cpp and LLMFarm (iOS)."""
     from mcpm_mobile.formats import llmfarm
     from mcpm_mobile.formats.gguf_export import export_gguf
@@ -33,16 +34,18 @@ def export_gguf_cmd(model_dir, out_path, weight_type, flavor, llmfarm_dir, conte
     from mcpm_mobile.model.checkpoint import Checkpoint
     from mcpm_mobile.model.hub import checkpoint_dir
 
-    ckpt = Checkpoint(checkpoint_dir(model_dir, out))
+    ckpt = Checkpoint(checkpoint_dir(model_dir, output))
     fmt = chat_format.detect(ckpt.dir, ckpt.config, thinking)  # refuse a bad switch before the export
     if llmfarm_dir is not None:
         llmfarm.check_settings_paths(llmfarm_dir, force=force)  # before the long export
-    s = export_gguf(ckpt, out_path, weight_type, flavor, out, force)
+    s = export_gguf(ckpt, out_path, weight_type, flavor, output, force)
     if llmfarm_dir is not None:
         ctx = min(context, ckpt.config.max_position_embeddings)
         s["llmfarm"] = [str(p) for p in llmfarm.write_settings(llmfarm_dir, out_path.name, ckpt.config, ctx,
                                                                chat_format=fmt, force=force)]
-    out.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB, "
+    if ckpt.config.is_test_checkpoint:
+        output.info(TEST_CHECKPOINT_NOTICE)
+    output.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB, "
                   f"{s['bits_per_param']} bits/param ({s['type']}, arch {s['arch']}), {s['seconds']:.1f} s"
                   + "".join(f"\nWrote {p}" for p in s.get("llmfarm", [])))
 
@@ -61,12 +64,15 @@ def export_gguf_cmd(model_dir, out_path, weight_type, flavor, llmfarm_dir, conte
                    "default min(max positions, 2048).")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @output_options
-def export_onnx_cmd(model_dir, out_dir, block_size, accuracy_level, context_window, force, out):
+def export_onnx_cmd(model_dir, out_dir, block_size, accuracy_level, context_window, force, output):
     """Export a MiniCPM checkpoint (HF layout) to an INT4 ONNX decoder for onnxruntime(-genai)."""
     from mcpm_mobile.formats.onnx_export import export_onnx
+    from mcpm_mobile.model.checkpoint import Checkpoint
     from mcpm_mobile.model.hub import checkpoint_dir
 
-    model_dir = checkpoint_dir(model_dir, out)
-    s = export_onnx(model_dir, out_dir, block_size, accuracy_level, force, out, context_window)
-    out.result(s, f"Wrote {s['output']}: {s['model']} + {s['bytes'] / 1e6:.1f} MB of INT4 weights "
+    ckpt = Checkpoint(checkpoint_dir(model_dir, output))
+    s = export_onnx(ckpt, out_dir, block_size, accuracy_level, force, output, context_window)
+    if ckpt.config.is_test_checkpoint:
+        output.info(TEST_CHECKPOINT_NOTICE)
+    output.result(s, f"Wrote {s['output']}: {s['model']} + {s['bytes'] / 1e6:.1f} MB of INT4 weights "
                   f"(block {s['block_size']}, accuracy level {s['accuracy_level']}), {s['seconds']:.1f} s")

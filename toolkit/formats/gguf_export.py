@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from mcpm_mobile.errors import fail
+from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.formats import gguf_kquants
 from mcpm_mobile.formats.gguf_mixture import FILE_TYPES, tensor_type
 from mcpm_mobile.formats.gguf_vocab import Vocab, read_vocab
@@ -118,16 +118,16 @@ def check_openbmb(config: MiniCPMConfig, config_path: Path) -> None:
     if not config.tie_word_embeddings:
         wrong.append("untied lm_head (the fork always uses the embedding as output)")
     if wrong:
-        raise fail(config_path, "--flavor openbmb: OpenBMB's LLMFarm fork hard-codes MiniCPM-2B's scalings "
+        raise fail(config_path, "$flavor openbmb: OpenBMB's LLMFarm fork hard-codes MiniCPM-2B's scalings "
                                 "(scale_emb 12, scale_depth/sqrt(layers) = 1.4/sqrt(40), hidden/dim_model_base 9, "
-                                f"tied); this checkpoint has {', '.join(wrong)}; use --flavor minicpm")
+                                f"tied); this checkpoint has {', '.join(wrong)}; use $flavor minicpm")
 
 
 def _check(ckpt: Checkpoint, weight_type: str, flavor: str, out_path: Path) -> None:
     if weight_type not in TYPES:
-        raise fail("--type", f"unknown '{weight_type}' (choose from {', '.join(TYPES)})")
+        raise MCPMError(f"$weight_type: unknown '{weight_type}' (choose from {', '.join(TYPES)})")
     if flavor not in FLAVOR_ARCH:
-        raise fail("--flavor", f"unknown '{flavor}' (choose from {', '.join(FLAVOR_ARCH)})")
+        raise MCPMError(f"$flavor: unknown '{flavor}' (choose from {', '.join(FLAVOR_ARCH)})")
     if out_path.suffix != ".gguf":
         raise fail(out_path, "the output file name must end in .gguf (LLMFarm lists only .gguf and .bin files)")
     if out_path.is_dir():
@@ -139,7 +139,7 @@ def _check(ckpt: Checkpoint, weight_type: str, flavor: str, out_path: Path) -> N
     for key in ("hidden_size", "intermediate_size"):
         if weight_type in ("q4_0", "q8_0") and getattr(c, key) % block:
             raise fail(cfg_path, f"{key} {getattr(c, key)} is not a multiple of {block}, the {weight_type} block size; "
-                                 "use --type f16 or f32")
+                                 "use $weight_type f16 or f32")
     if flavor == "openbmb":
         check_openbmb(c, cfg_path)
 
@@ -183,7 +183,7 @@ def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, weight_typ
 
 
 def export_gguf(ckpt: Checkpoint | Path | str, out_path: Path | str, weight_type: str = "q4_0",
-                flavor: str = "minicpm", out: Output = Output(), force: bool = False) -> dict:
+                flavor: str = "minicpm", output: Output = Output(), force: bool = False) -> dict:
     """Write the checkpoint as one GGUF file (temp file, renamed at the end). Returns a summary."""
     out_path = Path(out_path)
     ckpt = Checkpoint.of(ckpt)
@@ -207,7 +207,7 @@ def export_gguf(ckpt: Checkpoint | Path | str, out_path: Path | str, weight_type
             w.write_kv_data_to_file()
             w.write_ti_data_to_file()
             fout = w.fout[0]
-            with out.progress(f"Writing GGUF ({weight_type}, {flavor})", ckpt.weight_bytes) as advance:
+            with output.progress(f"Writing GGUF ({weight_type}, {flavor})", ckpt.weight_bytes) as advance:
                 for t in plan:
                     w.write_padding(fout, fout.tell())  # data offsets are aligned, as gguf's own writer does
                     written = sum(_write_tensor(ckpt, t, fout, advance))

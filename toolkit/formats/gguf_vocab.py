@@ -15,6 +15,7 @@ from mcpm_mobile.errors import fail
 from mcpm_mobile.model import chat_format
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, load_sp_proto
+from mcpm_mobile.support.jsonio import read_json
 
 ADDED_TOKEN_SCORE = -1000.0  # llama.cpp's converter scores added tokens like this
 PAD_SCORE = -10000.0
@@ -66,7 +67,7 @@ def read_vocab(model_dir: Path, config: MiniCPMConfig) -> Vocab:
         types[token_id] = CONTROL if special else USER_DEFINED
         scores[token_id] = ADDED_TOKEN_SCORE
 
-    tok_config = _read_json(model_dir / "tokenizer_config.json")
+    tok_config = read_json(model_dir / "tokenizer_config.json", missing_ok=True) or {}
     spec = proto.trainer_spec
     bos, eos = config.bos_token_id, config.eos_token_ids[0]
     for what, i in (("bos_token_id", bos), ("eos_token_id", eos)):
@@ -98,15 +99,3 @@ def _chat_template(tok_config: dict) -> str | None:
         named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
         t = named.get("default")
     return t if isinstance(t, str) and t else None
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise fail(path, f"cannot read JSON: {e}")
-    if not isinstance(data, dict):
-        raise fail(path, "expected a JSON object")
-    return data

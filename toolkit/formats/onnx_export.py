@@ -259,19 +259,19 @@ def graph_io(c: MiniCPMConfig) -> tuple[list, list]:
 
 def check_options(ckpt: Checkpoint, block_size: int, accuracy_level: int, context_window: int | None) -> None:
     if block_size not in BLOCK_SIZES:
-        raise fail("--block-size", f"{block_size} is not supported by MatMulNBits (choose from "
+        raise MCPMError(f"$block_size: {block_size} is not supported by MatMulNBits (choose from "
                                    f"{', '.join(map(str, BLOCK_SIZES))})")
     if accuracy_level not in ACCURACY_LEVELS:
-        raise fail("--accuracy-level", f"{accuracy_level} is not one of {', '.join(map(str, ACCURACY_LEVELS))}")
+        raise MCPMError(f"$accuracy_level: {accuracy_level} is not one of {', '.join(map(str, ACCURACY_LEVELS))}")
     if ckpt.config.head_dim % 2:
         raise fail(ckpt.dir / "config.json", f"head_dim {ckpt.config.head_dim} is odd; rotary embedding needs it even")
     if context_window is not None and not 16 <= context_window <= ckpt.config.max_position_embeddings:
-        raise fail("--context-window", f"{context_window} must be between 16 and max_position_embeddings "
+        raise MCPMError(f"$context_window: {context_window} must be between 16 and max_position_embeddings "
                                        f"{ckpt.config.max_position_embeddings}")
 
 
 def export_onnx(ckpt: Checkpoint | Path | str, out_dir: Path, block_size: int = 32, accuracy_level: int = 4,
-                force: bool = False, out: Output = Output(), context_window: int | None = None) -> dict:
+                force: bool = False, output: Output = Output(), context_window: int | None = None) -> dict:
     """Export the checkpoint to an onnxruntime-genai directory ``out_dir``. Returns a summary."""
     ckpt = Checkpoint.of(ckpt)
     check_options(ckpt, block_size, accuracy_level, context_window)
@@ -283,7 +283,7 @@ def export_onnx(ckpt: Checkpoint | Path | str, out_dir: Path, block_size: int = 
         data = ExternalData(tmp / DATA_FILE)
         g = GraphBuilder(data)
         try:
-            with out.progress("Exporting to ONNX", ckpt.weight_bytes) as advance:
+            with output.progress("Exporting to ONNX", ckpt.weight_bytes) as advance:
                 Exporter(ckpt, g, block_size, accuracy_level, context, advance).decoder()
         finally:
             data_bytes = data.close()
@@ -296,7 +296,7 @@ def export_onnx(ckpt: Checkpoint | Path | str, out_dir: Path, block_size: int = 
                 "tie_word_embeddings": c.tie_word_embeddings, "source_fingerprint": ckpt.fingerprint()}
         helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
         onnx.save_model(model, str(tmp / MODEL_FILE))
-        with out.stage("Checking the graph with onnx.checker"):
+        with output.stage("Checking the graph with onnx.checker"):
             check_onnx(tmp / MODEL_FILE)
         files = copy_tokenizer_files(ckpt.dir, tmp)
         if genai_config.ensure_tokenizer_config(tmp, c):

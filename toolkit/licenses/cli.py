@@ -33,18 +33,18 @@ def _terms_for(target: str, family: str | None) -> dict:
 
 @click.command("license", epilog="Known families: " + ", ".join(families()))
 @click.argument("target", metavar="MODEL_DIR|FAMILY")
-@click.option("--model-family", "family", metavar="FAMILY", help="Use this family's terms instead of detecting it.")
+@click.option("--model-family", metavar="FAMILY", help="Use this family's terms instead of detecting it.")
 @output_options
-def license_cmd(target: str, family: str | None, out: Output):
+def license_cmd(target: str, model_family: str | None, output: Output):
     """Show the licence terms of MODEL_DIR (a checkpoint) or FAMILY, and what to do before shipping."""
-    terms = _terms_for(target, family)
+    terms = _terms_for(target, model_family)
     if terms["family"] == UNKNOWN:
         reason = terms["commercial"]["summary"]
         text = (f"Unknown model family for {target}. {reason}\nmcpm-mobile does not guess a licence: check the "
                 f"licence on the model card, and if the model belongs to a known family pass --model-family with "
                 f"one of: {', '.join(families())}.")
-        out.result({"target": target, "family": None, "known": False, "reason": reason,
-                    "known_families": families()}, text)
+        output.result({"target": target, "family": None, "known": False, "reason": reason,
+                       "known_families": families()}, text)
         click.get_current_context().exit(UNKNOWN_EXIT)
-    out.result({"target": target, "family": terms["family"], "known": True, "terms": terms,
-                "before_shipping": before_shipping(terms)}, render_markdown(terms).rstrip())
+    output.result({"target": target, "family": terms["family"], "known": True, "terms": terms,
+                   "before_shipping": before_shipping(terms)}, render_markdown(terms).rstrip())

@@ -64,7 +64,7 @@ def _gate_message(terms: dict) -> str:
     subject = terms["name"] if known else "this model"
     details = f" Details: mcpm-mobile license {terms['family']}" if known else ""
     return (f"commercial use of {subject} {_NEEDS[commercial['status']]} (licence: {terms['license']}).{contact} "
-            f"Steps: {steps} Then build again with --commercial --license-grant FILE, FILE being the document that "
+            f"Steps: {steps} Then build again with $commercial $license_grant FILE, FILE being the document that "
             f"permits commercial use; its SHA-256 is recorded in the manifest.{details}"
             + (f" {terms['declaration_conflict']}" if terms.get("declaration_conflict") else ""))
 
@@ -77,7 +77,7 @@ def check_commercial(terms: dict, grant_file: Path | str | None = None) -> dict:
     status = terms["commercial"]["status"]
     if status == "prohibited":
         raise MCPMError(f"commercial use of {terms['name']} is prohibited by its licence ({terms['license']}): "
-                        f"{terms['commercial']['summary']} A grant file cannot lift this; build without --commercial "
+                        f"{terms['commercial']['summary']} A grant file cannot lift this; build without $commercial "
                         f"for non-commercial use.", exit_code=GATE_EXIT)
     if status != "allowed" and grant_file is None:
         raise MCPMError(_gate_message(terms), exit_code=GATE_EXIT)

@@ -54,7 +54,7 @@ class ChatFormat:
             return self
         if self.thinking is None:
             raise fail(self.source or "chat template", "the chat template has no thinking mode "
-                       f"(no '{THINKING_SWITCH}'); --thinking/--no-thinking apply to MiniCPM4.1-style templates")
+                       f"(no '{THINKING_SWITCH}'); $thinking applies to MiniCPM4.1-style templates")
         return replace(self, thinking=thinking)
 
     @property

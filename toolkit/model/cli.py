@@ -25,7 +25,8 @@ def dev_cmd():
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--force", is_flag=True)
 @output_options
-def tiny_checkpoint(out_dir, layers, hidden, heads, kv_heads, intermediate, vocab, tied, dtype, shards, seed, force, out):
+def tiny_checkpoint(out_dir, layers, hidden, heads, kv_heads, intermediate, vocab, tied, dtype, shards, seed, force,
+                    output):
     """Write a random MiniCPM checkpoint in Hugging Face layout (deterministic; for tests and demos).
 
     Its config.json names it mcpm-mobile/tiny-minicpm; every command that meets it says that its
@@ -38,5 +39,6 @@ def tiny_checkpoint(out_dir, layers, hidden, heads, kv_heads, intermediate, voca
                         "and heads by kv-heads")
     path = write_tiny_checkpoint(out_dir, layers, hidden, heads, kv_heads, intermediate, vocab, tied, dtype, seed,
                                  shards, force=force)
-    out.result({"output": str(path), "layers": layers, "hidden": hidden, "vocab": vocab, "tied": tied,
-                "dtype": dtype, "seed": seed}, f"Wrote {path} (random weights: a test checkpoint, not a language model)")
+    output.result({"output": str(path), "layers": layers, "hidden": hidden, "vocab": vocab, "tied": tied,
+                   "dtype": dtype, "seed": seed},
+                  f"Wrote {path} (random weights: a test checkpoint, not a language model)")

@@ -11,6 +11,8 @@ from mcpm_mobile.support.jsonio import read_json
 
 SUPPORTED_ARCH = "MiniCPMForCausalLM"
 TEST_CHECKPOINT_NAME = "mcpm-mobile/tiny-minicpm"  # the _name_or_path `dev tiny-checkpoint` writes
+TEST_CHECKPOINT_NOTICE = ("This is a random test checkpoint (mcpm-mobile dev tiny-checkpoint): every step runs for real, "
+                          "but the text it generates is noise and no phone speed applies to it.")
 
 SUPPORTED = "mcpm-mobile supports the dense text models MiniCPM 1.x, MiniCPM4 and MiniCPM4.1 (MiniCPMForCausalLM)"
 # What other checkpoints look like, so the error can say what the user has and what is missing.

@@ -39,17 +39,17 @@ def repo_id_of(path: Path | str) -> str | None:
     return f"{m.group('org')}/{m.group('name')}" if m else None
 
 
-def checkpoint_dir(arg: Path | str, out: Output = Output(), weights: bool = True) -> Path:
+def checkpoint_dir(arg: Path | str, output: Output = Output(), weights: bool = True) -> Path:
     """``arg`` as a local checkpoint directory: itself when it exists (or is not a repo id), else the snapshot
     of the Hub repo it names, downloaded as needed (``weights=False``: the configs and tokenizer only)."""
     path = Path(arg)
     parsed = parse_repo_id(str(arg))
     if path.exists() or parsed is None:
         return path
-    return download(*parsed, out=out, weights=weights)
+    return download(*parsed, output=output, weights=weights)
 
 
-def download(repo_id: str, revision: str | None = None, out: Output = Output(), weights: bool = True) -> Path:
+def download(repo_id: str, revision: str | None = None, output: Output = Output(), weights: bool = True) -> Path:
     """Fetch what mcpm-mobile reads of ``repo_id`` into the huggingface_hub cache; returns the snapshot dir."""
     try:
         import huggingface_hub
@@ -57,12 +57,12 @@ def download(repo_id: str, revision: str | None = None, out: Output = Output(), 
     except ImportError:  # a dependency; only a broken install gets here
         raise MCPMError(f"{repo_id}: huggingface_hub is not installed (pip install huggingface_hub)")
     what = repo_id + (f"@{revision}" if revision else "")
-    if out.quiet or out.json:
+    if output.quiet or output.json:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
     try:
-        out.info(f"Fetching {what} from the Hugging Face Hub (config, tokenizer{', weights' if weights else ''})")
+        output.info(f"Fetching {what} from the Hugging Face Hub (config, tokenizer{', weights' if weights else ''})")
         snapshot = Path(huggingface_hub.snapshot_download(repo_id, revision=revision,
                                                           allow_patterns=META + (SAFETENSORS if weights else [])))
         if weights and not any(snapshot.glob("*.safetensors")):

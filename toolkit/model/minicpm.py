@@ -124,8 +124,12 @@ class MiniCPMForCausalLM(nn.Module):
 
     def batch_prefill(self, input_embeds: nn.Tensor, logit_positions: nn.Tensor, paged_kv_cache: PagedKVCache):
         h = self.model(input_embeds, paged_kv_cache)
-        h = op.take(h, logit_positions, axis=1)
-        return self._logits(h), paged_kv_cache
+
+        def gather(x: te.Tensor, pos: te.Tensor):
+            # a plain gather (op.take legalizes to topi's "fast" take, which logs a warning at every compile)
+            return te.compute((x.shape[0], pos.shape[0], x.shape[2]), lambda b, i, k: x[b, pos[i], k], name="take")
+
+        return self._logits(op.tensor_expr_op(gather, "take", [h, logit_positions])), paged_kv_cache
 
     def batch_decode(self, input_embeds: nn.Tensor, paged_kv_cache: PagedKVCache):
         return self._logits(self.model(input_embeds, paged_kv_cache)), paged_kv_cache

@@ -76,5 +76,7 @@ def stored_shapes(param: MLCParam, rows: int, cols: int, quant: Quantization) ->
     g = quant.groups(cols)
     words = g * quant.group_size // ELEMS_PER_WORD
     if quant.layout == "KN" and param.kind == "linear":
-        return {param.name + ".q_weight": ((words, rows), "uint32"), param.name + ".q_scale": ((g, rows), quant.model_dtype)}
-    return {param.name + ".q_weight": ((rows, words), "uint32"), param.name + ".q_scale": ((rows, g), quant.model_dtype)}
+        return {param.name + ".q_weight": ((words, rows), quant.storage_dtype),
+                param.name + ".q_scale": ((g, rows), quant.model_dtype)}
+    return {param.name + ".q_weight": ((rows, words), quant.storage_dtype),
+            param.name + ".q_scale": ((rows, g), quant.model_dtype)}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mcpm_mobile.errors import fail
+from mcpm_mobile.errors import MCPMError
 
 GROUP_SIZE = 32
 BITS = 4
@@ -93,5 +93,5 @@ DEFAULT = "q4f16_1"
 def get_quantization(name: str) -> Quantization:
     """An MLC preset by name; a one-line error naming the parameter otherwise."""
     if name not in QUANTIZATIONS:
-        raise fail("quantization", f"unknown '{name}' (choose from {', '.join(QUANTIZATIONS)})")
+        raise MCPMError(f"$quantization: unknown '{name}' (choose from {', '.join(QUANTIZATIONS)})")
     return QUANTIZATIONS[name]

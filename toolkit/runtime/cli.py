@@ -23,24 +23,27 @@ from mcpm_mobile.support.output import output_options
               help="MiniCPM4.1's hybrid reasoning. [default: as built, i.e. the template's default, thinking on]")
 @output_options
 def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p, repetition_penalty, seed, thinking,
-            out):
+            output):
     """Generate text on this machine with WEIGHTS_DIR and a compiled --lib."""
     from mcpm_mobile.errors import MCPMError
+    from mcpm_mobile.model.config import TEST_CHECKPOINT_NOTICE
     from mcpm_mobile.runtime.engine import Engine
 
     if not chat and prompt is None:
         raise MCPMError("give --prompt TEXT or --chat")
     if prompt is not None:
         _check_text(prompt, "--prompt")
-    with out.stage("Loading the model"):
+    with output.stage("Loading the model"):
         engine = Engine(weights_dir, lib)
+    if engine.weights.is_test_checkpoint:
+        output.info(TEST_CHECKPOINT_NOTICE)
     if thinking is not None:
         from mcpm_mobile.model.chat_format import from_conv_template
 
         engine.conv = from_conv_template(engine.conv, thinking).mlc_conv_template()
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                   repetition_penalty=repetition_penalty, seed=seed, chat_template=not raw)
-    stream = not out.json and not out.quiet
+    stream = not output.json and not output.quiet
 
     def on_text(piece: str) -> None:
         sys.stdout.write(piece)
@@ -50,16 +53,16 @@ def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p,
         t = r.timings
         if stream:
             sys.stdout.write("\n")
-        if not out.json:
+        if not output.json:
             click.echo(f"[prefill {t.prefill_tokens} tokens, {t.prefill_tokens_per_s:.2f} tok/s | decode "
                        f"{t.decode_tokens} tokens, {t.decode_tokens_per_s:.2f} tok/s | {r.finish_reason}]", err=True)
 
     if not chat:
         r = engine.generate(prompt, on_text=on_text if stream else None, **kwargs)
         report(r)
-        if out.json:
+        if output.json:
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False, indent=2))
-        elif out.quiet:
+        elif output.quiet:
             click.echo(r.text)
         return
     turns = []
@@ -88,10 +91,10 @@ def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p,
             r = engine.generate(message, on_text=on_text if stream else None, **kwargs)
         first = False
         report(r)
-        if out.quiet and not out.json:
+        if output.quiet and not output.json:
             click.echo(r.text)
         turns.append(r.to_dict())
-    if out.json:
+    if output.json:
         click.echo(json.dumps({"turns": turns}, ensure_ascii=False, indent=2))
 
 

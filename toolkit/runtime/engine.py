@@ -82,8 +82,8 @@ class Engine:
         self.weights = Weights.of(weights)
         self.lib_path = library.path if isinstance(library, ModelLibrary) else Path(library)
         if not self.lib_path.is_file():
-            raise fail(self.lib_path, "model library not found (build it with `mcpm-mobile compile "
-                                      f"{self.weights.dir} -o {self.lib_path}`)")
+            raise fail(self.lib_path, "model library not found (compile one for these weights with "
+                                      "`mcpm-mobile compile`)")
         check_shards(self.weights.dir, self.weights.require_index())  # TVM's loader trusts every offset
         check_library_file(self.lib_path)
         self._shape = tvm_ffi.Shape
@@ -184,7 +184,7 @@ class Engine:
     def _check_room(self, n: int) -> None:
         if len(self.history) + n > self.context_window:
             raise MCPMError(f"the sequence would need {len(self.history) + n} tokens but the library's context "
-                            f"window is {self.context_window} (compile with a larger --context-window, or "
+                            f"window is {self.context_window} (compile the library with a larger context window, or "
                             "shorten the prompt)")
 
     def _embed(self, ids: list[int]):

@@ -20,7 +20,7 @@ from mcpm_mobile.errors import fail
 
 MARKER = ".mcpm-mobile"
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
-FORCE_HINT = "use --force to replace it"
+FORCE_HINT = "use $force to replace it"
 
 
 def check_output_path(path: Path, inputs: tuple = ()) -> Path:
@@ -55,7 +55,7 @@ def check_output_dir(path: Path, force: bool, inputs: tuple = ()) -> None:
         if not force:
             raise fail(path, f"output directory exists and is not empty ({FORCE_HINT})")
         if not (path / MARKER).is_file():
-            raise fail(path, "was not written by mcpm-mobile (no .mcpm-mobile marker): --force replaces only "
+            raise fail(path, "was not written by mcpm-mobile (no .mcpm-mobile marker): $force replaces only "
                              "mcpm-mobile outputs; remove it yourself or choose another folder")
 
 
@@ -87,7 +87,7 @@ def check_output_file(path: Path, force: bool, magic: tuple = (), inputs: tuple 
     except OSError as e:
         raise fail(path, f"cannot read: {e.strerror or e}")
     if magic and not any(_matches(head, m) for m in magic):
-        raise fail(path, "is not a file of the kind mcpm-mobile writes here; --force will not replace it")
+        raise fail(path, "is not a file of the kind mcpm-mobile writes here; $force will not replace it")
 
 
 def unmark(folder: Path) -> None:

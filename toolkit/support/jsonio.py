@@ -16,8 +16,9 @@ def loads(text: str):
     return json.loads(text, parse_constant=_no_constant)
 
 
-def read_json(path: Path | str, missing_ok: bool = False, root: Path | None = None) -> dict | None:
-    """The JSON object in ``path``; None if it is absent and ``missing_ok``.
+def read_json(path: Path | str, missing_ok: bool = False, root: Path | None = None,
+              not_found: str = "not found") -> dict | None:
+    """The JSON object in ``path``; None if it is absent and ``missing_ok``, else ``not_found`` is the error.
 
     With ``root``, ``path`` must be a regular file inside it (see support/paths.py)."""
     from mcpm_mobile.support.paths import regular_file
@@ -27,7 +28,7 @@ def read_json(path: Path | str, missing_ok: bool = False, root: Path | None = No
     if not present:
         if missing_ok:
             return None
-        raise fail(path, "not found")
+        raise fail(path, not_found)
     try:
         data = loads(path.read_text(encoding="utf-8"))
     except OSError as e:

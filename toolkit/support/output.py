@@ -25,7 +25,7 @@ class Output:
 
     def info(self, message: str) -> None:
         if not (self.quiet or self.json):
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, soft_wrap=True)
 
     def result(self, data: dict, text: str | None = None) -> None:
         """The command's outcome: JSON on stdout with --json, else ``text`` unless quiet."""
@@ -60,11 +60,11 @@ class Output:
 
 
 def output_options(func):
-    """Add --quiet and --json to a Click command; the command receives ``out: Output``."""
+    """Add --quiet and --json to a Click command; the command receives ``output: Output``."""
 
     @functools.wraps(func)
     def call(*args, quiet=False, as_json=False, **kwargs):
-        return func(*args, out=Output(quiet=quiet, json=as_json), **kwargs)
+        return func(*args, output=Output(quiet=quiet, json=as_json), **kwargs)
 
     call = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")(call)
     return click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages.")(call)
