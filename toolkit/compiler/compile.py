@@ -146,7 +146,7 @@ def build_metadata(info: WeightsInfo, params: list[tuple[str, list[int], str]], 
                  "model_config": {k: getattr(c, k) for k in (
                      "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                      "intermediate_size", "rms_norm_eps", "rope_theta", "scale_emb", "scale_depth",
-                     "dim_model_base")}},
+                     "dim_model_base", "max_position_embeddings", "rope_scaling")}},
     }
 
 

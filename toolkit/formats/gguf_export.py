@@ -65,6 +65,7 @@ class PlannedTensor:
     shape: tuple[int, ...]  # HF (out, in); GGUF's ne is this reversed
     qtype: Q
     rope_heads: int = 0  # > 0: rows reordered for llama.cpp's RoPE with this many heads
+    values: tuple[float, ...] | None = None  # data not read from the checkpoint (LongRoPE factors)
 
     @property
     def nbytes(self) -> int:
@@ -92,8 +93,9 @@ def tensor_plan(config: MiniCPMConfig, type: str = "q4_0") -> list[PlannedTensor
     def planned(hf, shape, qtype, rope_heads=0):
         return PlannedTensor(names.get_name(hf, try_suffixes=(".weight",)), hf, shape, qtype, rope_heads)
 
-    plan = [planned("model.embed_tokens.weight", (c.vocab_size, h),
-                    t.tied_embedding if c.tie_word_embeddings else t.weights)]
+    plan = rope_factor_tensors(c)
+    plan.append(planned("model.embed_tokens.weight", (c.vocab_size, h),
+                        t.tied_embedding if c.tie_word_embeddings else t.weights))
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
         plan += [
@@ -113,6 +115,25 @@ def tensor_plan(config: MiniCPMConfig, type: str = "q4_0") -> list[PlannedTensor
     return plan
 
 
+def rope_factor_tensors(c: MiniCPMConfig) -> list[PlannedTensor]:
+    """``rope_factors_long``/``rope_factors_short`` for LongRoPE, as llama.cpp's converter names them.
+
+    llama.cpp takes the long tensor when its context exceeds ``rope.scaling.original_context_length``,
+    OpenBMB's model takes the long factors at every position when ``max_position_embeddings`` exceeds
+    ``original_max_position_embeddings``. So when it does, both tensors hold the long factors (the
+    reference never applies the short ones then); when the two are equal, each holds its own and both
+    engines switch to the long ones only past ``max_position_embeddings``. See docs/longrope.md."""
+    lr = c.longrope
+    if lr is None:
+        return []
+    short = lr.long_factor if lr.uses_long else lr.short_factor
+    names = gguf.TENSOR_NAMES
+    return [PlannedTensor(names[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight", "", (len(lr.long_factor),), Q.F32,
+                          values=lr.long_factor),
+            PlannedTensor(names[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight", "", (len(short),), Q.F32,
+                          values=short)]
+
+
 def check_openbmb(config: MiniCPMConfig, config_path: Path) -> None:
     """Refuse checkpoints that OpenBMB's fork would run with the wrong (hard-coded MiniCPM-2B) scales."""
     have = {"scale_emb": float(config.scale_emb), "residual_scale": config.residual_scale,
@@ -121,6 +142,8 @@ def check_openbmb(config: MiniCPMConfig, config_path: Path) -> None:
              if not math.isclose(have[k], v, rel_tol=1e-6)]
     if not config.tie_word_embeddings:
         wrong.append("untied lm_head (the fork always uses the embedding as output)")
+    if config.longrope is not None:
+        wrong.append("LongRoPE rope_scaling (the fork runs MiniCPM-2B's plain RoPE)")
     if wrong:
         raise fail(config_path, "--flavor openbmb: OpenBMB's LLMFarm fork hard-codes MiniCPM-2B's scalings "
                                 "(scale_emb 12, scale_depth/sqrt(layers) = 1.4/sqrt(40), hidden/dim_model_base 9, "
@@ -161,6 +184,10 @@ def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, type: str,
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_rope_dimension_count(c.head_dim)
     w.add_rope_freq_base(float(c.rope_theta))
+    if c.longrope is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+        w.add_rope_scaling_orig_ctx_len(c.longrope.original_max_position_embeddings)
+        w.add_rope_scaling_attn_factors(c.longrope.amplitude)
     w.add_layer_norm_rms_eps(float(c.rms_norm_eps))
     if flavor == "minicpm":
         # Optional in llama.cpp, but its defaults are MiniCPM-2B's, and the logit one is inverted.
@@ -231,6 +258,11 @@ def export_gguf(model_dir: Path | str, out_path: Path | str, type: str = "q4_0",
 
 def _write_tensor(ckpt: Checkpoint, t: PlannedTensor, fout, advance):
     """Convert ``t`` and append it to ``fout``; yields the number of bytes written per chunk."""
+    if t.values is not None:
+        data = np.array(t.values, np.float32)
+        data.tofile(fout)
+        yield data.nbytes
+        return
     info = ckpt.tensors[t.source]
     if t.rope_heads:  # a row permutation across the whole matrix: convert it in one piece
         data = gguf.quants.quantize(llama_permute(ckpt.get(t.source), t.rope_heads), t.qtype)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.model.rope import LongRoPE, parse_rope_scaling
 from mcpm_mobile.support.jsonio import read_json
 
 SUPPORTED_ARCH = "MiniCPMForCausalLM"
@@ -38,6 +39,7 @@ class MiniCPMConfig:
     eos_token_id: int | list[int] = 2
     torch_dtype: str = "bfloat16"
     hidden_act: str = "silu"
+    rope_scaling: dict | None = None  # normalised LongRoPE entry (see mcpm_mobile.model.rope), or None
     name_or_path: str = ""
     extra: dict = field(default_factory=dict, repr=False)
 
@@ -54,6 +56,12 @@ class MiniCPMConfig:
     def logit_scale(self) -> float:
         """The final hidden state is divided by ``hidden_size / dim_model_base`` (HF semantics)."""
         return self.hidden_size / self.dim_model_base
+
+    @property
+    def longrope(self) -> LongRoPE | None:
+        if not self.rope_scaling:
+            return None
+        return parse_rope_scaling(self.rope_scaling, {}, self.max_position_embeddings, self.head_dim, "config.json")
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -98,9 +106,8 @@ class MiniCPMConfig:
                              f"num_key_value_heads {self.num_key_value_heads}")
         if self.hidden_act != "silu":
             raise fail(path, f"hidden_act '{self.hidden_act}' is not supported (MiniCPM uses silu)")
-        if self.extra.get("rope_scaling"):
-            raise fail(path, f"rope_scaling {self.extra['rope_scaling']} is not supported "
-                             "(MiniCPM 1.x dense uses plain RoPE)")
+        rope = parse_rope_scaling(self.rope_scaling, self.extra, self.max_position_embeddings, self.head_dim, path)
+        self.rope_scaling = rope.to_config() if rope else None
 
 
 def _check_family(raw: dict, path) -> None:

@@ -9,7 +9,8 @@ Architecture (Hugging Face ``modeling_minicpm.py`` semantics)::
 
 Attention uses a fused ``wqkv_pack`` (q, k, v concatenated along the output dim), RoPE applied
 inside TVM's paged KV cache (``RopeMode.NORMAL`` = rotate-half on the unpermuted weights) and
-grouped-query heads. The MLP is SwiGLU with a fused ``gate_up_proj``.
+grouped-query heads. LongRoPE uses the cache's own longrope kernel (``rope_ext_factors``, the
+amplitude from ``max/original_max_position_embeddings``); see :func:`rope_arguments`. The MLP is SwiGLU with a fused ``gate_up_proj``.
 
 Parameter names, shapes and dtypes are exactly those ``mcpm_mobile.quantize`` writes (MLC-LLM's):
 ``model.embed_tokens.{q_weight,q_scale}``, ``model.layers.{i}.self_attn.wqkv_pack.*``,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import tvm
 from tvm import te
 from tvm.relax.frontend import nn
@@ -155,8 +157,8 @@ class MiniCPMForCausalLM(nn.Module):
             num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
             num_key_value_heads=c.num_key_value_heads, qk_head_dim=c.head_dim, v_head_dim=c.head_dim,
             mla_original_qk_head_dim=0, mla_original_v_head_dim=0, rope_mode=RopeMode.NORMAL, rope_scale=1,
-            rope_theta=c.rope_theta, rope_scaling={}, rope_ext_factors=tvm.relax.prim_value(0),
-            rotary_dim=c.head_dim, enable_disaggregation=False, dtype=self.dtype, target=self.target)
+            rope_theta=c.rope_theta, **rope_arguments(c), rotary_dim=c.head_dim, enable_disaggregation=False,
+            dtype=self.dtype, target=self.target)
 
     def export_spec(self) -> dict:
         h, dt = self.cfg.hidden_size, self.dtype
@@ -177,6 +179,22 @@ class MiniCPMForCausalLM(nn.Module):
                 "max_batch_size": int, "max_total_seq_len": int, "prefill_chunk_size": int, "page_size": int,
                 "support_sliding_window": int, "$": {"param_mode": "none", "effect_mode": "none"}},
         }
+
+
+def rope_arguments(cfg: MiniCPMConfig) -> dict:
+    """``rope_scaling`` and ``rope_ext_factors`` of TVM's paged KV cache for ``cfg``.
+
+    TVM's longrope kernel (``relax/frontend/nn/llm/position_embedding.py``) takes ``[long | short]``
+    factors and picks the long half when a call's token count exceeds ``original_max_position_embeddings``;
+    OpenBMB's model applies one set at every position. Both halves carry that set, so the choice is moot.
+    The kernel's amplitude is ``sqrt(1 + ln(max/orig) / ln(orig))`` from the dict below, as OpenBMB's."""
+    lr = cfg.longrope
+    if lr is None:
+        return {"rope_scaling": {}, "rope_ext_factors": tvm.relax.prim_value(0)}
+    factors = lr.factors.astype(np.float32)
+    return {"rope_scaling": {"rope_type": "longrope", "max_position_embeddings": lr.max_position_embeddings,
+                             "original_max_position_embeddings": lr.original_max_position_embeddings},
+            "rope_ext_factors": tvm.relax.const(np.concatenate([factors, factors]))}
 
 
 def build_model(cfg: MiniCPMConfig, quant: Quantization, target: tvm.target.Target, tied: bool | None = None):
