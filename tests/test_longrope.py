@@ -231,3 +231,45 @@ def test_host_library_matches_reference(name, host_lib):
     engine.reset()
     got = [engine.prefill(ids[:n])] + [engine.decode(t) for t in ids[n:]]
     _assert_matches_only_longrope(np.stack(got), config, hf, ids, 1e-4, rows=slice(n - 1, None))
+
+
+@pytest.mark.slow
+def test_android_longrope_kernels_on_pocl(quantized_dir, tmp_path):
+    """The phone library's rotary kernels (every shape variant), run on PoCL, against numpy."""
+    import tvm
+    from tvm.tirx.buffer import is_buffer_var
+
+    import opencl_check as oc
+    from mcpm_mobile.compiler.compile import lower, read_weights_info, write_library
+    from mcpm_mobile.targets.model_lib import device_sources
+
+    weights = quantized_dir("longrope_larger_gqa", "q4f32_1")
+    low = lower(weights, "android")
+    write_library(low, tmp_path / "lib.tar", True)
+    src = device_sources(tmp_path / "lib.tar")
+    c = read_weights_info(weights).config
+    inv = rope.inv_freq(c.head_dim, c.rope_theta, c.longrope).astype(np.float32)
+    funcs = {gv.name_hint: f for gv, f in low.mod.functions_items() if gv.name_hint.startswith("longrope")}
+    assert funcs
+    for name, func in funcs.items():
+        x_b, pos_b, inv_b, out_b = [p for p in func.params if is_buffer_var(p)]
+        rows = 37
+        sizes = {str(d.name): rows for d in x_b.shape if not isinstance(d, tvm.tirx.IntImm)}
+        n, heads, d = [sizes.get(str(getattr(e, "name", "")), None) or int(e) for e in x_b.shape]
+        rng = np.random.default_rng(n)
+        x = rng.standard_normal((n, heads, d)).astype(np.float32)
+        pos = rng.integers(0, c.max_position_embeddings, n).astype(np.int32)
+        half = d // 2
+        ang = pos[:, None].astype(np.float64) * inv.astype(np.float64)[None, :]
+        cos, sin = np.cos(ang)[:, None, :] * c.longrope.amplitude, np.sin(ang)[:, None, :] * c.longrope.amplitude
+        x1, x2 = x[..., :half].astype(np.float64), x[..., half:].astype(np.float64)
+        want = x.astype(np.float64).copy()
+        rot = c.num_attention_heads + c.num_key_value_heads
+        want[:, :rot] = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)[:, :rot]
+        kernels = oc.launches(func, low.target)
+        assert kernels and all(k in src for k in kernels)
+        for kernel, (grid, block) in kernels.items():
+            got = oc.run(src[kernel], kernel, {str(x_b.name): x, str(pos_b.name): pos, str(inv_b.name): inv,
+                                               str(out_b.name): np.zeros_like(x)},
+                         sizes, oc.evaluate(grid, sizes), oc.evaluate(block, sizes))[str(out_b.name)]
+            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), f"{name}/{kernel}"
