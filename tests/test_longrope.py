@@ -91,8 +91,8 @@ def test_bad_rope_scaling_is_one_short_line(rope_scaling, message):
 def test_release_sized_refusal_does_not_dump_factors():
     """MiniCPM4-8B-shaped factors (64 of them) with an unsupported type: the error stays short."""
     cfg = dict(tiny_config(hidden=128 * 4, heads=4), rope_scaling={
-        "rope_type": "su", "long_factor": list(np.geomspace(1, 124, 64)), "short_factor": list(np.geomspace(1, 124, 64)),
-        "original_max_position_embeddings": 32768})
+        "rope_type": "su", "long_factor": list(np.geomspace(1, 124, 64)),
+        "short_factor": list(np.geomspace(1, 124, 64)), "original_max_position_embeddings": 32768})
     with pytest.raises(MCPMError) as e:
         MiniCPMConfig.from_dict(cfg)
     assert len(str(e.value)) < 200 and "1.0" not in str(e.value)
@@ -180,7 +180,9 @@ def test_gguf_rope_metadata_and_factor_tensors(name, tiny_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_llamacpp_matches_reference(name, tiny_dir, tmp_path):
-    """f32 GGUF in llama.cpp at a context at the original length and one beyond it: same logits either way."""
+    """f32 GGUF in llama.cpp at two context sizes: 128 and 512 (equal config: llama.cpp takes the short tensor
+    at both), 128 and 256 (larger config: the short tensor at 128, the long one at 256, both hold the long
+    factors). Same logits as the reference either way."""
     src = tiny_dir(name)
     path = export_gguf(src, tmp_path / "m.gguf", "f32")["output"]
     config, weights = read_hf_checkpoint(src)

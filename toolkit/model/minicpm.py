@@ -11,7 +11,8 @@ Attention uses a fused ``wqkv_pack`` (q, k, v concatenated along the output dim)
 inside TVM's paged KV cache (``RopeMode.NORMAL`` = rotate-half on the unpermuted weights) and
 grouped-query heads. With LongRoPE the model rotates q and k itself (:func:`longrope`, positions from
 the cache) and the cache runs in ``RopeMode.NONE``: TVM 0.27's own longrope kernel cannot be built
-(``position_embedding.py`` tests a Buffer's truth value) and would switch factors by call length. The MLP is SwiGLU with a fused ``gate_up_proj``.
+(``position_embedding.py`` tests a Buffer's truth value) and would switch factors by call length (see
+docs/longrope.md). The MLP is SwiGLU with a fused ``gate_up_proj``.
 
 Parameter names, shapes and dtypes are exactly those ``mcpm_mobile.quantize`` writes (MLC-LLM's):
 ``model.embed_tokens.{q_weight,q_scale}``, ``model.layers.{i}.self_attn.wqkv_pack.*``,
