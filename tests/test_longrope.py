@@ -48,11 +48,15 @@ def _variants_of(config: dict) -> dict[str, dict]:
     return {"plain RoPE": plain, f"the {other}s": swapped}
 
 
-def _assert_matches_only_longrope(got, config, weights, ids, tol, rows=slice(None)):
+def _assert_matches_only_longrope(got, config, weights, ids, tol, rows=slice(None), guard=True):
     """``got`` (logit rows of ``ids``) equals the reference within ``tol`` and is far from the alternatives."""
     want = ReferenceMiniCPM(config, weights).logits(ids)[rows]
     assert rel_err(got, want) <= tol, f"relative error {rel_err(got, want):.2e}"
-    for what, alt in _variants_of(config).items():
+    # argmax equal up to near-ties: the engine's choice is within its row's error of the reference maximum
+    got = np.asarray(got, np.float64)
+    rows_ = np.arange(len(want))
+    assert (want[rows_, got.argmax(-1)] >= want.max(-1) - 2 * np.abs(got - want).max(-1)).all()
+    for what, alt in (_variants_of(config) if guard else {}).items():
         other = ReferenceMiniCPM(alt, weights).logits(ids)[rows]
         assert rel_err(other, want) > 20 * tol, f"{what} gives nearly the same logits: the test cannot tell"
 
@@ -240,14 +244,15 @@ def test_onnxruntime_genai_greedy_matches_reference(name, tiny_dir, tmp_path):
 
 # --- TVM host library ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("name", VARIANTS)
-def test_host_library_matches_reference(name, host_lib):
+@pytest.mark.parametrize("name,quantization", [("longrope_equal_mha", "q4f32_1"), ("longrope_larger_gqa", "q4f32_1"),
+                                               ("longrope_larger_gqa", "q4f16_1")])
+def test_host_library_matches_reference(name, quantization, host_lib):
     """Prefill then decode. For the larger configuration the prefill (140 tokens) is longer than the original
     context, where TVM's kernel switches factor halves by call length: both halves hold the same factors."""
     from mlc_weights import dequantized_hf_weights
     from mcpm_mobile.runtime.engine import Engine
 
-    weights, lib = host_lib(name, "q4f32_1")
+    weights, lib = host_lib(name, quantization)
     config, hf = dequantized_hf_weights(weights)
     orig = config["rope_scaling"]["original_max_position_embeddings"]
     n = orig + 12 if orig < 256 else 20
@@ -255,7 +260,9 @@ def test_host_library_matches_reference(name, host_lib):
     engine = Engine(weights, lib)
     engine.reset()
     got = [engine.prefill(ids[:n])] + [engine.decode(t) for t in ids[n:]]
-    _assert_matches_only_longrope(np.stack(got), config, hf, ids, 1e-4, rows=slice(n - 1, None))
+    f32 = quantization == "q4f32_1"  # float16 activations: 2e-2 as in test_compile_host; the f32 cases guard
+    _assert_matches_only_longrope(np.stack(got), config, hf, ids, 1e-4 if f32 else 2e-2, rows=slice(n - 1, None),
+                                  guard=f32)
 
 
 @pytest.mark.slow
