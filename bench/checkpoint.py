@@ -13,7 +13,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from mcpm_mobile.formats import safetensors_io
+from mcpm_mobile.support import safetensors_io
 from mcpm_mobile.model.tiny import tiny_config, train_tokenizer
 from mcpm_mobile.model.tokenizer import sentencepiece_to_tokenizer_json
 

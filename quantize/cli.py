@@ -3,19 +3,19 @@ from pathlib import Path
 
 import click
 
-from mcpm_mobile.quantize.group import QUANTIZATIONS
+from mcpm_mobile.model.quantization import DEFAULT, QUANTIZATIONS
 from mcpm_mobile.support.output import output_options
 
 
-@click.command()
+@click.command("quantize")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Weights directory to write.")
-@click.option("--quantization", default="q4f16_1", show_default=True, type=click.Choice(list(QUANTIZATIONS)))
+@click.option("--quantization", default=DEFAULT, show_default=True, type=click.Choice(list(QUANTIZATIONS)))
 @click.option("--context-window", type=click.IntRange(min=16), help="Context window recorded in mlc-chat-config.json.")
 @click.option("--prefill-chunk", type=click.IntRange(min=1), help="Prefill chunk size recorded in mlc-chat-config.json.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @output_options
-def quantize(model_dir, out_dir, quantization, context_window, prefill_chunk, force, out):
+def quantize_cmd(model_dir, out_dir, quantization, context_window, prefill_chunk, force, out):
     """Quantize a MiniCPM checkpoint (HF layout) into MLC-format weights."""
     from mcpm_mobile.quantize.convert import quantize_checkpoint
 

@@ -1,8 +1,10 @@
-"""HF MiniCPM checkpoint -> MLC-format weights directory, streaming tensor by tensor."""
+"""``quantize(Checkpoint, Quantization) -> Weights``: an MLC weights directory, streaming tensor by tensor."""
 from __future__ import annotations
 
 import json
+import os
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +12,12 @@ import numpy as np
 from mcpm_mobile.errors import fail
 from mcpm_mobile.formats import chat_config
 from mcpm_mobile.formats.tensor_cache import TensorCacheWriter
+from mcpm_mobile.formats.weights import Weights
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.param_map import MLCParam, param_plan, stored_shapes
+from mcpm_mobile.model.quantization import ELEMS_PER_WORD, Quantization, get_quantization
 from mcpm_mobile.model.tokenizer import copy_tokenizer_files, tokenizer_info
-from mcpm_mobile.quantize.group import GROUP_SIZE, QUANTIZATIONS, Quantization, quantize_rows
+from mcpm_mobile.quantize.group import quantize_rows
 from mcpm_mobile.support.atomic import atomic_dir
 from mcpm_mobile.support.jsonio import read_json
 from mcpm_mobile.support.output import Output
@@ -21,35 +25,29 @@ from mcpm_mobile.support.output import Output
 ROW_CHUNK_BYTES = 64 << 20  # float32 bytes of source rows quantized at once
 
 
-def get_quantization(name: str) -> Quantization:
-    if name not in QUANTIZATIONS:
-        raise fail("--quantization", f"unknown '{name}' (choose from {', '.join(QUANTIZATIONS)})")
-    return QUANTIZATIONS[name]
-
-
 def check_group_size(ckpt: Checkpoint, quant: Quantization) -> None:
     if not quant.quantized:
         return
     c = ckpt.config
     for key in ("hidden_size", "intermediate_size"):
-        if getattr(c, key) % GROUP_SIZE:
-            raise fail(ckpt.dir / "config.json",
-                       f"{key} {getattr(c, key)} is not divisible by the group size {GROUP_SIZE} of {quant.name}")
+        if getattr(c, key) % quant.group_size:
+            raise fail(ckpt.dir / "config.json", f"{key} {getattr(c, key)} is not divisible by the group size "
+                                                 f"{quant.group_size} of {quant.name}")
 
 
-def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f16_1", force: bool = False,
-                        out: Output = Output(), context_window: int | None = None,
-                        prefill_chunk: int | None = None) -> dict:
-    """Quantize ``model_dir`` into ``out_dir`` (written to a temp dir, renamed at the end). Returns a summary."""
-    quant = get_quantization(quantization)
-    ckpt = Checkpoint(model_dir)
+def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: bool = False,
+             out: Output = Output(), context_window: int | None = None, prefill_chunk: int | None = None) -> Weights:
+    """Quantize ``ckpt`` into ``out_dir`` (written to a temp dir, renamed at the end).
+
+    The returned weights carry ``summary``: sizes and timing of the run."""
     check_group_size(ckpt, quant)
     start = time.perf_counter()
     with atomic_dir(Path(out_dir), force=force) as tmp:
         writer = TensorCacheWriter(tmp)
-        with out.progress(f"Quantizing to {quant.name}", ckpt.weight_bytes) as advance:
-            for param in param_plan(ckpt.config):
-                _convert_param(ckpt, param, quant, writer, advance)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            with out.progress(f"Quantizing to {quant.name}", ckpt.weight_bytes) as advance:
+                for param in param_plan(ckpt.config):
+                    _convert_param(ckpt, param, quant, writer, advance, pool)
         index = writer.finish()
         files = copy_tokenizer_files(ckpt.dir, tmp)
         generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True)
@@ -57,16 +55,27 @@ def quantize_checkpoint(model_dir: Path, out_dir: Path, quantization: str = "q4f
                                 generation, context_window, prefill_chunk)
         (tmp / chat_config.FILENAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
     seconds = time.perf_counter() - start
+    weights = Weights(Path(out_dir), cfg, ckpt.config, quant, index)
     meta = index["metadata"]
-    return {
+    weights.summary = {
         "output": str(out_dir), "quantization": quant.name, "params": writer.param_count,
         "tensors": meta["ParamSize"], "bytes": int(meta["ParamBytes"]), "bits_per_param": round(meta["BitsPerParam"], 4),
         "shards": len(index["records"]), "input_bytes": ckpt.weight_bytes, "seconds": round(seconds, 3),
         "input_gb_per_s": round(ckpt.weight_bytes / seconds / 1e9, 3),
     }
+    return weights
 
 
-def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, writer: TensorCacheWriter, advance) -> None:
+def quantize_checkpoint(model_dir: Path | str, out_dir: Path | str, quantization: str = "q4f16_1",
+                        force: bool = False, out: Output = Output(), context_window: int | None = None,
+                        prefill_chunk: int | None = None) -> dict:
+    """:func:`quantize` from paths and a quantization name; returns the summary."""
+    quant = get_quantization(quantization)
+    return quantize(Checkpoint(model_dir), quant, out_dir, force, out, context_window, prefill_chunk).summary
+
+
+def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, writer: TensorCacheWriter, advance,
+                   pool: Executor) -> None:
     infos = [ckpt.tensors[s] for s in param.sources]
     if param.kind == "norm":
         writer.add(param.name + ".weight", ckpt.get(param.sources[0]).astype(quant.model_dtype))
@@ -74,19 +83,18 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
         return
     rows = sum(i.shape[0] for i in infos)
     cols = infos[0].shape[1]
-    shapes = stored_shapes(param, rows, cols, quant)
     if not quant.quantized:
-        out = np.empty((rows, cols), quant.model_dtype)
+        dense = np.empty((rows, cols), quant.model_dtype)
         for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
-            out[r0:r1] = block
-        writer.add(param.name + ".weight", out)
+            dense[r0:r1] = block
+        writer.add(param.name + ".weight", dense)
         return
-    (wname, _), (sname, _) = shapes.items()
-    groups = shapes[sname][0][1] if param.kind == "embedding" or quant.layout == "NK" else shapes[sname][0][0]
-    q_weight = np.empty((rows, groups * GROUP_SIZE // 8), np.uint32)
+    (wname, _), (sname, _) = stored_shapes(param, rows, cols, quant).items()
+    groups = quant.groups(cols)
+    q_weight = np.empty((rows, groups * quant.group_size // ELEMS_PER_WORD), np.uint32)
     q_scale = np.empty((rows, groups), quant.model_dtype)
     for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
-        q_weight[r0:r1], q_scale[r0:r1] = quantize_rows(block, quant.model_dtype)
+        q_weight[r0:r1], q_scale[r0:r1] = quantize_rows(block, quant.model_dtype, pool)
     if quant.layout == "KN" and param.kind == "linear":
         q_weight, q_scale = np.ascontiguousarray(q_weight.T), np.ascontiguousarray(q_scale.T)
     writer.add(wname, q_weight, logical_params=rows * cols)

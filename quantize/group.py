@@ -1,6 +1,7 @@
 """MLC-LLM's symmetric INT4 group quantization, in numpy, bit-exact with MLC.
 
-For each group of ``GROUP_SIZE`` consecutive elements along the input (K) axis::
+For each group of ``GROUP_SIZE`` consecutive elements along the input (K) axis (the constants are
+those of :mod:`mcpm_mobile.model.quantization`)::
 
     scale = max|w| / 7                       (in the model dtype)
     q     = clamp(round(w / scale + 7), 0, 14)
@@ -11,55 +12,20 @@ A partial tail group is zero padded. A group that is all zeros gets scale 0 and 
 """
 from __future__ import annotations
 
-import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Executor
 
 import numpy as np
 
-GROUP_SIZE = 32
-BITS = 4
-ELEMS_PER_WORD = 32 // BITS  # 8 codes per uint32
-MAX_INT = 2 ** (BITS - 1) - 1  # 7
+from mcpm_mobile.model.quantization import BITS, ELEMS_PER_WORD, GROUP_SIZE, MAX_INT, num_groups
+
+_BLOCK_ELEMS = 1 << 18
 
 
-@dataclass(frozen=True)
-class Quantization:
-    """One of MLC's presets (reference: mlc_interface.md §2.1)."""
-
-    name: str
-    model_dtype: str  # dtype of scales, activations and unquantized weights
-    quantized: bool
-    layout: str = "NK"  # "NK": q_weight [N, K/8]; "KN": [K/8, N]
-
-    @property
-    def bits_per_weight(self) -> float:
-        if not self.quantized:
-            return np.dtype(self.model_dtype).itemsize * 8
-        return BITS + np.dtype(self.model_dtype).itemsize * 8 / GROUP_SIZE
-
-
-QUANTIZATIONS = {
-    q.name: q
-    for q in [
-        Quantization("q4f16_1", "float16", True, "NK"),
-        Quantization("q4f16_0", "float16", True, "KN"),
-        Quantization("q4f32_1", "float32", True, "NK"),
-        Quantization("q0f16", "float16", False),
-        Quantization("q0f32", "float32", False),
-    ]
-}
-
-
-def num_groups(k: int) -> int:
-    return -(-k // GROUP_SIZE)
-
-
-def quantize_rows(w: np.ndarray, model_dtype: str = "float16") -> tuple[np.ndarray, np.ndarray]:
+def quantize_rows(w: np.ndarray, model_dtype: str = "float16",
+                  pool: Executor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Quantize ``w`` [N, K] row-wise. Returns (q_weight uint32 [N, G*4], q_scale [N, G]) in NK layout.
 
-    Row blocks are quantized on all cores (numpy releases the GIL).
+    With a ``pool``, row blocks are quantized on its threads (numpy releases the GIL).
     """
     dtype = np.dtype(model_dtype)
     w = np.asarray(w)
@@ -74,19 +40,12 @@ def quantize_rows(w: np.ndarray, model_dtype: str = "float16") -> tuple[np.ndarr
         r0, r1 = block
         q_weight[r0:r1], q_scale[r0:r1] = _quantize_block(w[r0:r1], dtype, groups)
 
-    if len(blocks) > 1:
-        list(_pool().map(work, blocks))
-    elif blocks:
-        work(blocks[0])
+    if pool is not None and len(blocks) > 1:
+        list(pool.map(work, blocks))
+    else:
+        for block in blocks:
+            work(block)
     return q_weight, q_scale
-
-
-_BLOCK_ELEMS = 1 << 18
-
-
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
 
 def _quantize_block(w: np.ndarray, dtype: np.dtype, groups: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,20 +1,30 @@
-"""DEPLOY.md: what the person integrating the package needs to know, per target."""
+"""DEPLOY.md: what the person integrating the package needs to know, per package layout."""
 from __future__ import annotations
+
+from mcpm_mobile.target import Target
 
 
 def versions_block(versions: dict) -> str:
     return "\n".join(f"- `{k}` {v}" for k, v in versions.items())
 
 
-def android(model_id: str, model_lib: str, app_id: str, target: str, versions: dict, bundled: bool, assets: str) -> str:
-    harmony = target == "harmonyos"
+def mlc(target: Target, model_id: str, model_lib: str, app_id: str, versions: dict, bundled: bool,
+        gguf: str | None) -> str:
+    """DEPLOY.md of an MLC package, by the target's package layout."""
+    if target.package == "mlc-ios":
+        return ios(target, model_id, model_lib, gguf, versions)
+    return android(target, model_id, model_lib, app_id, versions, bundled)
+
+
+def android(target: Target, model_id: str, model_lib: str, app_id: str, versions: dict, bundled: bool) -> str:
+    assets = target.assets
     lines = [
-        f"# Deploying {model_id} ({'HarmonyOS' if harmony else 'Android'})", "",
+        f"# Deploying {model_id} ({target.os_label})", "",
         "## What is here", "",
         f"- `{model_id}/`: INT4 weights in MLC-LLM's format (`tensor-cache.json`, `params_shard_*.bin`), "
         "`mlc-chat-config.json` and the tokenizer (`tokenizer.json`; MLC's Android runtime has no SentencePiece).",
         f"- `lib/{model_lib}.tar`: the model library (OpenCL kernels + aarch64 host code) as a static system library; "
-        f"`lib/libmodel_android.a`: the same objects as an archive with a symbol index.",
+        f"`lib/{target.static_lib}`: the same objects as an archive with a symbol index.",
         "- `mlc-package-config.json`, `bundle/mlc-app-config.json`: MLC's package and app configs.",
         f"- `{assets}/`: the asset layout to copy into the app module"
         + (" (weights included)." if bundled else " (the app config; weights are pushed separately)."),
@@ -24,7 +34,8 @@ def android(model_id: str, model_lib: str, app_id: str, target: str, versions: d
         "## Linking the model library into an MLC4J-based app", "",
         "1. Build MLC4J's runtime (`libtvm4j_runtime_packed.so`) from the **same TVM** that compiled this library "
         "(versions below): the VM executable and tvm-ffi formats must match the runtime.",
-        "2. Link `lib/libmodel_android.a` into it with `-Wl,--whole-archive lib/libmodel_android.a -Wl,--no-whole-archive` "
+        f"2. Link `lib/{target.static_lib}` into it with `-Wl,--whole-archive lib/{target.static_lib} "
+        "-Wl,--no-whole-archive` "
         "so the static registration constructors survive (MLC4J's CMakeLists does this for `model_android`).",
         f"3. Put `mlc-app-config.json` in the app's assets; the app loads the library as `system://{model_lib}`.",
         f"4. Weights: run `./push-weights.sh` (app id `{app_id}`), or let the app download them from `model_url`.",
@@ -34,7 +45,7 @@ def android(model_id: str, model_lib: str, app_id: str, target: str, versions: d
                   "The weights are inside the APK/HAP assets. TVM's loader reads shards by file path, so the app must "
                   "copy them out of the assets into its files directory on first launch before loading the model. "
                   "This doubles their storage on the device."]
-    if harmony:
+    if target.os == "harmonyos":
         lines += ["", "## HarmonyOS", "",
                   f"The HAP resource layout is `{assets}/`. HarmonyOS 4.x phones run Android apps, so they can "
                   "also use the Android package (`mcpm-mobile build --target android`). The library here targets "
@@ -43,22 +54,22 @@ def android(model_id: str, model_lib: str, app_id: str, target: str, versions: d
     return "\n".join(lines)
 
 
-def ios(model_id: str, model_lib: str, gguf: str, versions: dict) -> str:
+def ios(target: Target, model_id: str, model_lib: str, gguf: str, versions: dict) -> str:
     name = gguf.rsplit("/", 1)[-1]
     return "\n".join([
         f"# Deploying {model_id} (iOS)", "",
         "## LLMFarm (llama.cpp on Metal)", "",
-        f"`llmfarm/` mirrors LLMFarm's Documents folder: `models/{name}`, `chats/` and `model_setting_templates/`. "
+        f"`{target.assets}/` mirrors LLMFarm's Documents folder: `models/{name}`, `chats/` and `model_setting_templates/`. "
         "Copy the three folders into LLMFarm's Documents through the Files app (or Finder file sharing); the chat "
         "appears in the app with MiniCPM's `<用户>{{prompt}}<AI>` format, Metal on. The GGUF uses llama.cpp's "
         "`minicpm` architecture with all three scale keys, so any current LLMFarm / llama.cpp build runs it.", "",
         "## MLC-LLM iOS apps (Metal)", "",
-        f"- `mlc/lib/{model_lib}.tar` and `mlc/lib/libmodel_iphone.a`: Metal kernels (source, compiled by the "
+        f"- `mlc/lib/{model_lib}.tar` and `mlc/lib/{target.static_lib}`: Metal kernels (source, compiled by the "
         "device at load) and arm64 host code as a static system library.",
         f"- `mlc/bundle/mlc-app-config.json` and `mlc/bundle/{model_id}/`: the app config and the weights, bundled "
         "(`model_path`).",
         "",
-        "Add `mlc/bundle` to the app target as a folder reference, link `libmodel_iphone.a` with "
+        f"Add `mlc/bundle` to the app target as a folder reference, link `{target.static_lib}` with "
         "`-Wl,-force_load` (the registration constructors must survive), together with `libmlc_llm.a`, "
         f"`libtvm_runtime.a` and the tokenizer libraries built from the **same TVM** as below. The app loads "
         f"`system://{model_lib}`. Apps that need more than the default memory limit need the "

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from mcpm_mobile.formats.tensor_cache import load_tensors
-from mcpm_mobile.quantize.group import QUANTIZATIONS, dequantize_rows
+from mcpm_mobile.model.quantization import QUANTIZATIONS
+from mcpm_mobile.quantize.group import dequantize_rows
 
 
 def dequantized_hf_weights(weights_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from mcpm_mobile.formats.tensor_cache import load_tensors
-from mcpm_mobile.targets.model_lib import embedded_metadata
+from mcpm_mobile.compiler.library import embedded_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -186,7 +186,7 @@ def test_check_device(tiny_dir, tmp_path, monkeypatch):
     r = run_cli(*args, "--check-device", "No Such Phone 9000")
     assert r.exit_code == 2 and not (tmp_path / "d").exists()
     huge = devices.ModelProfile.from_preset("minicpm-2b", "q0f32")
-    monkeypatch.setattr(devices, "model_profile_from_path", lambda *a, **k: huge)
+    monkeypatch.setattr(devices.ModelProfile, "from_config", classmethod(lambda cls, *a, **k: huge))
     r = run_cli(*args, "--check-device", "Xiaomi 12 Pro")
     assert r.exit_code == 1 and "cannot run" in r.output
     assert not (tmp_path / "d" / "android").exists() and not list((tmp_path / "d").iterdir())

@@ -66,7 +66,7 @@ def cli_build(quantized_dir, tmp_path_factory):
 
 
 def _objects(tar: Path) -> list[tuple[str, bytes]]:
-    from mcpm_mobile.targets.model_lib import tar_members
+    from mcpm_mobile.compiler.library import tar_members
 
     members = tar_members(tar)
     assert sorted(n.endswith("devc.o") for n, _ in members) == [False, True], [n for n, _ in members]
@@ -105,7 +105,7 @@ def test_phone_library_objects(gpu_build, target):
 @pytest.mark.parametrize("target", ["harmonyos", "android-adreno"])
 def test_cli_phone_library_default_prefix(cli_build, quantized_dir, target):
     from mcpm_mobile.formats import chat_config
-    from mcpm_mobile.targets.model_lib import embedded_metadata, model_lib_name
+    from mcpm_mobile.compiler.library import embedded_metadata, model_lib_name
 
     tar, summary = cli_build(target)
     prefix = model_lib_name(chat_config.read(quantized_dir("mha_tied", "q4f16_1")), target) + "_"
@@ -119,7 +119,7 @@ def test_cli_phone_library_default_prefix(cli_build, quantized_dir, target):
 
 # --- (2) OpenCL sources compile: clang (fp16) and PoCL (fp32) ---------------------------------------
 def test_opencl_fp16_sources_compile_with_clang(gpu_build, cli_build):
-    from mcpm_mobile.targets.model_lib import device_sources
+    from mcpm_mobile.compiler.library import device_sources
 
     assert oc.CLANG, "clang is needed (make sysdeps)"
     sources = {}
@@ -140,7 +140,7 @@ def test_opencl_fp16_sources_compile_with_clang(gpu_build, cli_build):
 def test_opencl_fp32_sources_build_on_pocl(gpu_build):
     import pyopencl as cl
 
-    from mcpm_mobile.targets.model_lib import device_sources
+    from mcpm_mobile.compiler.library import device_sources
 
     src = device_sources(gpu_build("android", "q4f32_1")[1])
     ctx, _ = oc.pocl_queue()
@@ -177,7 +177,7 @@ def test_dequantize_kernels_match_numpy_on_pocl(gpu_build, rows_dims, rows):
     from tvm.tirx.buffer import is_buffer_var
 
     from mcpm_mobile.quantize.group import dequantize_rows
-    from mcpm_mobile.targets.model_lib import device_sources
+    from mcpm_mobile.compiler.library import device_sources
 
     low, tar = gpu_build("android", "q4f32_1")
     src = device_sources(tar)
@@ -245,7 +245,7 @@ def test_gpu_dequantize_gemv_for_every_layout(layout):
 
 # --- (4) iOS / Metal: the interface MLC's runtime needs ------------------------------------------------
 def test_ios_library_exports_mlc_interface_with_gpu_sampler(gpu_build):
-    from mcpm_mobile.targets.model_lib import device_sources, embedded_metadata, tar_members
+    from mcpm_mobile.compiler.library import device_sources, embedded_metadata, tar_members
 
     from tvm import relax
 
@@ -267,7 +267,7 @@ def test_ios_library_exports_mlc_interface_with_gpu_sampler(gpu_build):
 
 def test_android_library_has_no_gpu_sampler(gpu_build):
     """MLC samples on the CPU for OpenCL; the library carries the logit processors as GPU kernels."""
-    from mcpm_mobile.targets.model_lib import device_sources
+    from mcpm_mobile.compiler.library import device_sources
 
     low, tar = gpu_build("android")
     names = {gv.name_hint for gv in low.mod.get_global_vars()}
@@ -427,7 +427,7 @@ def test_draft_verification_kernel_matches_numpy_on_pocl():
 
 # --- CUDA ------------------------------------------------------------------------------------------------
 def test_cuda_library(cli_build, tmp_path):
-    from mcpm_mobile.targets.model_lib import device_sources
+    from mcpm_mobile.compiler.library import device_sources
 
     tar, summary = cli_build("cuda")
     assert '"arch":"sm_90"' in summary["target"].replace(" ", "")

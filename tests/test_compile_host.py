@@ -248,7 +248,7 @@ def test_tied_head_and_linears_are_fused_kernels():
     from mcpm_mobile.compiler.compile import resolve_target
     from mcpm_mobile.model.config import MiniCPMConfig
     from mcpm_mobile.model.minicpm import build_model, export
-    from mcpm_mobile.quantize.group import QUANTIZATIONS
+    from mcpm_mobile.model.quantization import QUANTIZATIONS
 
     cfg = MiniCPMConfig.from_dict({"model_type": "minicpm", "vocab_size": 256, "hidden_size": 64,
                                    "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128})

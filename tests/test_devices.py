@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from mcpm_mobile.devices import (ModelProfile, check_device, fit_report, fit_summary, model_profile_from_path,
                                  reference_phones, require_fit)
 from mcpm_mobile.devices import memory, profiles, speed
-from mcpm_mobile.devices.cli import check, devices
+from mcpm_mobile.devices.cli import check_cmd as check, devices_cmd as devices
 from mcpm_mobile.errors import MCPMError
 
 GIB = 1 << 30

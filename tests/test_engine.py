@@ -112,7 +112,7 @@ def test_library_for_another_quantization_is_refused(host_lib, quantized_dir):
     from mcpm_mobile.runtime.engine import Engine
 
     _, lib16 = host_lib("mha_tied", "q4f16_1")
-    with pytest.raises(MCPMError, match="quantization q4f16_1.*q4f32_1"):
+    with pytest.raises(MCPMError, match="quantization 'q4f16_1'.*q4f32_1"):
         Engine(quantized_dir("mha_tied", "q4f32_1"), lib16)
     r = run_cli("run", quantized_dir("mha_tied", "q4f32_1"), "--lib", lib16, "--prompt", "x")
     assert r.exit_code != 0 and "quantization" in r.output and "Traceback" not in r.output

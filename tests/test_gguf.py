@@ -12,12 +12,12 @@ from gguf import GGUFReader
 
 from conftest import edit_json, run_cli
 from gguf_weights import hf_rows, tensor_array
-from mcpm_mobile.formats import gguf_cli, gguf_export
+from mcpm_mobile.formats import cli as formats_cli, gguf_export
 from mcpm_mobile.formats.gguf_export import export_gguf, llama_permute, llama_unpermute
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.tiny import USER_PIECES
-from mcpm_mobile.targets.ios import llmfarm
+from mcpm_mobile.formats import llmfarm
 
 Q = gguf.GGMLQuantizationType
 VARIANTS = ["mha_tied", "gqa_untied", "gqa_tied_f32", "mha_untied_sharded"]
@@ -147,8 +147,8 @@ def test_permute_is_llama_cpp_rope_order():
 
 
 def test_cli_choices_match_library():
-    assert gguf_cli.TYPES == tuple(gguf_export.TYPES)
-    assert gguf_cli.FLAVORS == tuple(gguf_export.FLAVOR_ARCH)
+    assert formats_cli.GGUF_TYPES == tuple(gguf_export.TYPES)
+    assert formats_cli.GGUF_FLAVORS == tuple(gguf_export.FLAVOR_ARCH)
 
 
 def test_cli_json_and_llmfarm_settings(tiny_dir, tmp_path):

@@ -243,6 +243,24 @@ def test_onnxruntime_genai_greedy_matches_reference(name, tiny_dir, tmp_path):
 
 
 # --- TVM host library ---------------------------------------------------------------------------------------------
+def test_library_for_other_rope_is_refused(quantized_dir, tmp_path):
+    """A library records rope_scaling: plain weights with a LongRoPE library, and the reverse, are refused in one
+    line that does not print the factors (checked on _metadata alone: no compile needed)."""
+    from mcpm_mobile.formats.weights import LIBRARY_CONFIG_KEYS, Weights
+
+    longrope_w = Weights.read(quantized_dir("longrope_equal_mha", "q4f32_1"))
+    plain_w = Weights.read(quantized_dir("mha_tied", "q4f32_1"))
+    for weights, other in ((longrope_w, plain_w), (plain_w, longrope_w)):
+        recorded = {k: getattr(weights.config, k) for k in LIBRARY_CONFIG_KEYS}
+        meta = {"model_type": weights.model_type, "quantization": "q4f32_1", "params": [],
+                "mcpm": {"model_config": dict(recorded, rope_scaling=other.config.rope_scaling)}}
+        with pytest.raises(MCPMError, match="rope_scaling differs") as e:
+            weights.check_library(meta, tmp_path / "lib.so")
+        assert "\n" not in str(e.value) and "1.0" not in str(e.value)
+        meta["mcpm"]["model_config"] = recorded
+        weights.check_library(meta, tmp_path / "lib.so")  # the same model: accepted
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,quantization", [("longrope_equal_mha", "q4f32_1"), ("longrope_larger_gqa", "q4f32_1"),
                                                ("longrope_larger_gqa", "q4f16_1")])
@@ -272,14 +290,15 @@ def test_android_longrope_kernels_on_pocl(quantized_dir, tmp_path):
     from tvm.tirx.buffer import is_buffer_var
 
     import opencl_check as oc
-    from mcpm_mobile.compiler.compile import lower, read_weights_info, write_library
-    from mcpm_mobile.targets.model_lib import device_sources
+    from mcpm_mobile.compiler.compile import lower, write_library
+    from mcpm_mobile.compiler.library import device_sources
+    from mcpm_mobile.formats.weights import Weights
 
     weights = quantized_dir("longrope_larger_gqa", "q4f32_1")
     low = lower(weights, "android")
     write_library(low, tmp_path / "lib.tar", True)
     src = device_sources(tmp_path / "lib.tar")
-    c = read_weights_info(weights).config
+    c = Weights.read(weights).config
     inv = rope.inv_freq(c.head_dim, c.rope_theta, c.longrope).astype(np.float32)
     funcs = {gv.name_hint: f for gv, f in low.mod.functions_items() if gv.name_hint.startswith("longrope")}
     assert funcs

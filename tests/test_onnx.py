@@ -250,8 +250,8 @@ def test_onnxruntime_genai_greedy_matches_host_engine(variant, onnx_dir, quantiz
     weights = quantized_dir(variant, "q4f32_1")
     compile_model(weights, "host", tmp_path / "lib.so")
     engine = Engine(weights, tmp_path / "lib.so")
-    prompt = [engine.info.config.bos_token_id] + engine.encode("the model runs on a phone 2048 你好")
-    eos = engine.info.config.eos_token_ids
+    prompt = [engine.weights.config.bos_token_id] + engine.encode("the model runs on a phone 2048 你好")
+    eos = engine.weights.config.eos_token_ids
     host = engine.generate(prompt_ids=prompt, max_tokens=16, temperature=0, repetition_penalty=1.0,
                            stop_token_ids=eos, stop_strings=[]).token_ids
     tokens = _genai_greedy(onnx_dir(variant), prompt, 16)

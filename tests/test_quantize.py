@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import edit_json, run_cli
-from mcpm_mobile.formats import safetensors_io
+from mcpm_mobile.support import safetensors_io
 from mcpm_mobile.formats.tensor_cache import load_tensors
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.quantize.group import dequantize_rows, quantize_rows

@@ -1,11 +1,19 @@
 """The `mcpm-mobile` command line: thin Click commands over the library API.
 
-Each concern defines its commands next to its code; this module only collects them.
-Heavy imports (TVM, onnx) happen inside the commands, so `mcpm-mobile check` stays fast.
+Each concern defines its commands in its own ``cli.py``; this module only collects them.
+Heavy imports (TVM, onnx, gguf) happen inside the commands, so `mcpm-mobile check` stays fast.
 """
 import click
 
 from mcpm_mobile import __version__
+from mcpm_mobile.compiler.cli import compile_cmd
+from mcpm_mobile.devices.cli import check_cmd, devices_cmd
+from mcpm_mobile.formats.cli import export_gguf_cmd, export_onnx_cmd
+from mcpm_mobile.licenses.cli import license_cmd
+from mcpm_mobile.model.cli import dev_cmd
+from mcpm_mobile.quantize.cli import quantize_cmd
+from mcpm_mobile.runtime.cli import run_cmd
+from mcpm_mobile.targets.cli import build_cmd, verify_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,30 +22,7 @@ def main():
     """MiniCPM from a checkpoint on disk to a phone."""
 
 
-# Commands, one line each (keep this list sorted by concern).
-from mcpm_mobile.dev import dev  # noqa: E402
-from mcpm_mobile.licenses.cli import license_cmd  # noqa: E402
-from mcpm_mobile.quantize.cli import quantize  # noqa: E402
-
-main.add_command(quantize)
-main.add_command(dev)
-main.add_command(license_cmd)
-from mcpm_mobile.formats.gguf_cli import export_gguf_cmd  # noqa: E402
-
-main.add_command(export_gguf_cmd)
-from mcpm_mobile.formats.onnx_cli import export_onnx_cmd  # noqa: E402
-
-main.add_command(export_onnx_cmd)
-from mcpm_mobile.devices.cli import check, devices  # noqa: E402
-
-main.add_command(devices)
-main.add_command(check)
-from mcpm_mobile.compiler.cli import compile_cmd  # noqa: E402
-from mcpm_mobile.runtime.cli import run_cmd  # noqa: E402
-
-main.add_command(compile_cmd)
-main.add_command(run_cmd)
-from mcpm_mobile.targets.cli import build, verify  # noqa: E402
-
-main.add_command(build)
-main.add_command(verify)
+# In pipeline order: checkpoint -> weights -> library -> run; exports; packages; phones; licences; tools.
+for command in (quantize_cmd, compile_cmd, run_cmd, export_gguf_cmd, export_onnx_cmd, build_cmd, verify_cmd,
+                devices_cmd, check_cmd, license_cmd, dev_cmd):
+    main.add_command(command)

@@ -1,45 +1,19 @@
 """Android / HarmonyOS package: MLC weights, the model library, MLC's package and app configs,
-the APK (or HAP) asset layout, an adb push script and DEPLOY.md."""
+the APK (or HAP) asset layout and an adb push script."""
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
 
+from mcpm_mobile.compiler.library import ModelLibrary, tar_members
+from mcpm_mobile.formats.mlc_app import APP_CONFIG, PACKAGE_CONFIG, app_config, package_config
+from mcpm_mobile.formats.weights import Weights
 from mcpm_mobile.support.ar import write_archive
-from mcpm_mobile.targets.model_lib import tar_members
+from mcpm_mobile.target import Target
 
 DEFAULT_APP_ID = "ai.mlc.mlcchat"  # MLCChat, the upstream MLC-LLM Android app
-STATIC_LIB = "libmodel_android.a"
-ASSETS = {"android": "app/src/main/assets", "harmonyos": "entry/src/main/resources/rawfile"}
-
-
-def write_static_lib(lib_tar: Path, dest: Path) -> Path:
-    """``libmodel_android.a``: the objects of the system-lib ``.tar`` with a symbol index."""
-    write_archive(dest, tar_members(lib_tar))
-    return dest
-
-
-def package_config(model_id: str, model_lib: str, vram: int, chat_config: dict, device: str) -> dict:
-    """``mlc-package-config.json`` in MLC's schema; the prebuilt library is named so ``mlc_llm package``
-    skips its own compile step."""
-    return {
-        "device": device,
-        "model_list": [{
-            "model": f"./{model_id}", "model_id": model_id, "estimated_vram_bytes": vram, "bundle_weight": True,
-            "model_lib": model_lib,
-            "overrides": {"context_window_size": chat_config["context_window_size"],
-                          "prefill_chunk_size": chat_config["prefill_chunk_size"]},
-        }],
-        "model_lib_path_for_prepare_libs": {model_lib: f"lib/{model_lib}.tar"},
-    }
-
-
-def app_config(model_id: str, model_lib: str, vram: int, model_url: str | None) -> dict:
-    """``mlc-app-config.json`` as MLC's apps read it (``bundle/`` and the APK assets)."""
-    entry = {"model_id": model_id, "model_lib": model_lib, "estimated_vram_bytes": vram}
-    entry["model_url" if model_url else "model_path"] = model_url or model_id
-    return {"model_list": [entry]}
+DEVICE = "android"  # mlc-package-config.json's device: HarmonyOS builds use MLC's Android app too
 
 
 def push_script(model_id: str, app_id: str) -> str:
@@ -58,23 +32,33 @@ echo "Pushed {model_id} to {remote}"
 """
 
 
-def package(stage: Path, target: str, model_id: str, model_lib: str, vram: int, chat_config: dict, app_id: str,
-            bundle_weights: bool, model_url: str | None) -> dict:
-    """Lay out everything except the weights dir and the ``.tar`` (already in ``stage``)."""
-    write_static_lib(stage / "lib" / f"{model_lib}.tar", stage / "lib" / STATIC_LIB)
-    device = "android"
-    (stage / "mlc-package-config.json").write_text(json.dumps(package_config(model_id, model_lib, vram, chat_config,
-                                                                             device), indent=2))
-    cfg = app_config(model_id, model_lib, vram, model_url)
-    (stage / "bundle").mkdir()
-    (stage / "bundle" / "mlc-app-config.json").write_text(json.dumps(cfg, indent=2))
-    assets = stage / ASSETS[target]
-    assets.mkdir(parents=True)
-    (assets / "mlc-app-config.json").write_text(json.dumps(cfg, indent=2))
-    weights_bytes = sum(p.stat().st_size for p in (stage / model_id).rglob("*") if p.is_file())
-    if bundle_weights:
-        shutil.copytree(stage / model_id, assets / model_id)
+def write_push_script(stage: Path, model_id: str, app_id: str) -> None:
     script = stage / "push-weights.sh"
     script.write_text(push_script(model_id, app_id))
     script.chmod(0o755)
-    return {"assets": str(assets.relative_to(stage)), "bundled_weights_bytes": weights_bytes if bundle_weights else 0}
+
+
+def place_weights(stage: Path, target: Target, folder: Path, bundle: bool) -> dict:
+    """The asset folder of the app project; with ``bundle``, the weights ``folder`` copied into it."""
+    assets = stage / target.assets
+    assets.mkdir(parents=True, exist_ok=True)
+    weights_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    if bundle:
+        shutil.copytree(folder, assets / folder.name)
+    return {"assets": target.assets, "bundled_weights_bytes": weights_bytes if bundle else 0}
+
+
+def package(stage: Path, target: Target, weights: Weights, lib: ModelLibrary, vram: int, app_id: str,
+            bundle_weights: bool, model_url: str | None) -> dict:
+    """Lay out everything besides the weights folder and the library (already in ``stage``)."""
+    model_id = weights.dir.name
+    write_archive(lib.path.with_name(target.static_lib), tar_members(lib.path))
+    (stage / PACKAGE_CONFIG).write_text(json.dumps(package_config(model_id, lib.name, vram, weights.chat_config,
+                                                                  DEVICE), indent=2))
+    cfg = json.dumps(app_config(model_id, lib.name, vram, model_url), indent=2)
+    (stage / "bundle").mkdir()
+    (stage / "bundle" / APP_CONFIG).write_text(cfg)
+    layout = place_weights(stage, target, weights.dir, bundle_weights)
+    (stage / target.assets / APP_CONFIG).write_text(cfg)
+    write_push_script(stage, model_id, app_id)
+    return layout

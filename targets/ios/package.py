@@ -4,15 +4,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mcpm_mobile.model.config import MiniCPMConfig
+from mcpm_mobile.compiler.library import ModelLibrary, tar_members
+from mcpm_mobile.formats import llmfarm
+from mcpm_mobile.formats.gguf_export import export_gguf
+from mcpm_mobile.formats.mlc_app import APP_CONFIG, app_config
+from mcpm_mobile.formats.weights import Weights
+from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.support.ar import write_archive
 from mcpm_mobile.support.output import Output
-from mcpm_mobile.targets.android.package import app_config
-from mcpm_mobile.targets.model_lib import tar_members
+from mcpm_mobile.target import Target
 
-STATIC_LIB = "libmodel_iphone.a"
-LLMFARM = "llmfarm"
 MLC = "mlc"
+GGUF_TYPE = "q4_0"
 
 
 def mlc_paths(stage: Path, model_id: str) -> tuple[Path, Path]:
@@ -20,17 +23,15 @@ def mlc_paths(stage: Path, model_id: str) -> tuple[Path, Path]:
     return stage / MLC / "bundle" / model_id, stage / MLC / "lib"
 
 
-def package(stage: Path, model_dir: Path, config: MiniCPMConfig, model_id: str, model_lib: str, vram: int,
-            context: int, gguf_type: str = "q4_0", out: Output = Output()) -> dict:
-    from mcpm_mobile.formats.gguf_export import export_gguf
-    from mcpm_mobile.targets.ios import llmfarm
-
-    _, lib_dir = mlc_paths(stage, model_id)
-    write_archive(lib_dir / STATIC_LIB, tar_members(lib_dir / f"{model_lib}.tar"))
-    (stage / MLC / "bundle" / "mlc-app-config.json").write_text(
-        json.dumps(app_config(model_id, model_lib, vram, None), indent=2))
-    name = model_id.removesuffix("-MLC") + f"-{gguf_type}"
-    gguf = stage / LLMFARM / "models" / f"{name}.gguf"
-    summary = export_gguf(model_dir, gguf, type=gguf_type, out=out)
-    llmfarm.write_settings(stage / LLMFARM, gguf.name, config, context=context, name=name)
-    return {"gguf": str(gguf.relative_to(stage)), "gguf_bytes": summary["bytes"], "llmfarm": LLMFARM}
+def package(stage: Path, target: Target, ckpt: Checkpoint, weights: Weights, lib: ModelLibrary, vram: int,
+            out: Output = Output()) -> dict:
+    """The MLC bundle's app config and static archive, and the LLMFarm folder with a GGUF of ``ckpt``."""
+    model_id = weights.dir.name
+    write_archive(lib.path.with_name(target.static_lib), tar_members(lib.path))
+    (weights.dir.parent / APP_CONFIG).write_text(json.dumps(app_config(model_id, lib.name, vram, None), indent=2))
+    name = model_id.removesuffix("-MLC") + f"-{GGUF_TYPE}"
+    gguf = stage / target.assets / "models" / f"{name}.gguf"
+    summary = export_gguf(ckpt, gguf, GGUF_TYPE, out=out)
+    llmfarm.write_settings(stage / target.assets, gguf.name, ckpt.config, context=weights.context_window_size,
+                           name=name)
+    return {"gguf": str(gguf.relative_to(stage)), "gguf_bytes": summary["bytes"], "assets": target.assets}

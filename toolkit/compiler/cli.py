@@ -4,14 +4,15 @@ from pathlib import Path
 import click
 
 from mcpm_mobile.support.output import output_options
+from mcpm_mobile.target import TARGETS
+
+TARGET_HELP = ", ".join(f"'{t.name}' ({t.description}, {t.suffixes[0]})" for t in TARGETS.values())
 
 
 @click.command("compile")
 @click.argument("weights_dir", type=click.Path(path_type=Path))
-@click.option("--target", default="host", show_default=True,
-              help="'host' (a shared library for this machine), 'android' / 'android-adreno' / 'harmonyos' "
-                   "(OpenCL, aarch64 .tar), 'ios' (Metal, arm64 .tar), 'cuda' (.so or .tar), or a JSON TVM target.")
-@click.option("-o", "--output", type=click.Path(path_type=Path),
+@click.option("--target", default="host", show_default=True, help=f"{TARGET_HELP}, or a JSON TVM target.")
+@click.option("-o", "--output", "out_path", type=click.Path(path_type=Path),
               help="Library to write (default: WEIGHTS_DIR/minicpm-<quantization>-<target>.so, .tar for phones).")
 @click.option("--context-window", type=click.IntRange(min=16), help="Override the context window size.")
 @click.option("--prefill-chunk", type=click.IntRange(min=1), help="Override the prefill chunk size.")
@@ -21,12 +22,18 @@ from mcpm_mobile.support.output import output_options
                    "the app loads it as system://<prefix without the trailing _>.")
 @click.option("--cuda-arch", help="CUDA architecture for --target cuda (default: sm_90, H100).")
 @output_options
-def compile_cmd(weights_dir, target, output, context_window, prefill_chunk, max_batch_size, system_lib_prefix,
+def compile_cmd(weights_dir, target, out_path, context_window, prefill_chunk, max_batch_size, system_lib_prefix,
                 cuda_arch, out):
     """Compile the model of WEIGHTS_DIR (from `mcpm-mobile quantize`) into a model library."""
     from mcpm_mobile.compiler.compile import compile_model
 
-    s = compile_model(weights_dir, target, output, context_window, prefill_chunk, max_batch_size, out,
-                      system_lib_prefix=system_lib_prefix, cuda_arch=cuda_arch)
+    lib = compile_model(weights_dir, target, out_path, context_window, prefill_chunk, max_batch_size, out,
+                        system_lib_prefix=system_lib_prefix, cuda_arch=cuda_arch)
+    m = lib.metadata
+    s = {"output": str(lib.path), "target": m["mcpm"]["target"], "model_type": m["model_type"],
+         "quantization": m["quantization"], "context_window_size": m["context_window_size"],
+         "prefill_chunk_size": m["prefill_chunk_size"], "max_batch_size": m["max_batch_size"],
+         "num_params": len(m["params"]), "tied": m["mcpm"]["tie_word_embeddings"],
+         "system_lib_prefix": lib.system_lib_prefix, "seconds": lib.seconds}
     out.result(s, f"Wrote {s['output']} ({s['quantization']}, context {s['context_window_size']}, prefill chunk "
                   f"{s['prefill_chunk_size']}, batch {s['max_batch_size']}) in {s['seconds']['total_s']:.1f} s")

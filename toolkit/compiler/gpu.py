@@ -1,7 +1,6 @@
-"""GPU targets: presets, dlight schedules with TVM 0.27's workarounds, and the build checks.
+"""GPU targets: TVM targets, dlight schedules with TVM 0.27's workarounds, and the build checks.
 
-* ``PRESETS``: the phone targets (OpenCL for Android/HarmonyOS, Metal for iOS, each with an
-  aarch64 host) and CUDA for GPU benchmarks, in TVM's JSON dict form.
+* ``tvm_target``: a TVM target from the target table (:mod:`mcpm_mobile.target`).
 * ``schedule_rules``: dlight's GPU rules. The tensorized matmul paths (Metal simdgroup, CUDA wmma)
   segfault inside ``s_tir.Tensorize`` in TVM 0.27, so matmuls always take dlight's SIMT schedule; a
   matmul whose row count is symbolic (prefill ``seq_len``, ``batch_size``) dispatches at run time
@@ -23,27 +22,13 @@ from tvm.target import Target
 
 from mcpm_mobile.errors import MCPMError
 
-DEFAULT_CUDA_ARCH = "sm_90"  # H100
-
-PRESETS = {
-    "android": {"kind": "opencl", "host": {"kind": "llvm", "mtriple": "aarch64-linux-android"}},
-    "android-adreno": {"kind": "opencl", "device": "adreno", "max_threads_per_block": 512,
-                       "host": {"kind": "llvm", "mtriple": "aarch64-linux-android"}},
-    "harmonyos": {"kind": "opencl", "host": {"kind": "llvm", "mtriple": "aarch64-linux-ohos"}},
-    # thread_warp_size 1 as in MLC's iPhone preset (what MLC ships on iPhones): cross-thread
-    # reductions go through threadgroup memory rather than simd_shuffle
-    "ios": {"kind": "metal", "max_threads_per_block": 256, "max_shared_memory_per_block": 32768,
-            "thread_warp_size": 1, "host": {"kind": "llvm", "mtriple": "arm64-apple-darwin"}},
-    "cuda": {"kind": "cuda", "arch": DEFAULT_CUDA_ARCH, "max_shared_memory_per_block": 49152,
-             "max_threads_per_block": 1024, "thread_warp_size": 32, "host": {"kind": "llvm"}},
-}
-PHONE_TARGETS = ("android", "android-adreno", "harmonyos", "ios")  # static system libraries (.tar)
 SAMPLER_KINDS = ("metal", "cuda")  # MLC's runtime samples on the GPU for these (CPU for OpenCL)
 
 
-def preset(name: str, cuda_arch: str | None = None) -> Target:
-    spec = dict(PRESETS[name])
-    if cuda_arch and name != "cuda":
+def tvm_target(spec: dict, cuda_arch: str | None = None) -> Target:
+    """A TVM target from a target table entry's JSON dict; ``cuda_arch`` overrides a CUDA target's arch."""
+    spec = dict(spec)
+    if cuda_arch and spec.get("kind") != "cuda":
         raise MCPMError("--cuda-arch applies to --target cuda only")
     if cuda_arch:
         if not (cuda_arch.startswith("sm_") and cuda_arch[3:].rstrip("a").isdigit()):

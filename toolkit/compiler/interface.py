@@ -1,4 +1,4 @@
-"""The non-model parts of MLC-LLM's library interface (reference: mlc_interface.md §4).
+"""The non-model parts of MLC-LLM's library interface.
 
 * ``_metadata``: a Relax function returning the JSON the runtime reads (model type, quantization,
   limits, params in ``params`` order, KV-cache shape, ``memory_usage`` per function).
@@ -225,14 +225,15 @@ def memory_usage(mod: tvm.IRModule) -> dict[str, int]:
 
 
 def attach_metadata(metadata: dict):
-    """A module pass adding ``_metadata`` (with ``memory_usage`` measured on the planned module)."""
+    """A module pass adding ``_metadata``: ``metadata`` plus ``memory_usage`` measured on the planned
+    module, which the pass also stores in ``metadata["memory_usage"]`` for the caller."""
 
     @tvm.transform.module_pass(opt_level=0, name="AttachMetadataWithMemoryUsage")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        meta = dict(metadata, memory_usage=memory_usage(mod))
+        metadata["memory_usage"] = memory_usage(mod)
         bb = relax.BlockBuilder(mod)
         with bb.function("_metadata", params=[]):
-            bb.emit_func_output(tvm.ir.StringImm(json.dumps(meta)))
+            bb.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
         return bb.get()
 
     return _pass

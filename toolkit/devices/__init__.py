@@ -12,8 +12,8 @@ No TVM import here: profiles come from JSON and file sizes only.
 """
 from mcpm_mobile.devices.model_profile import ModelProfile, model_profile_from_path
 from mcpm_mobile.devices.profiles import find_phone
-from mcpm_mobile.devices.verdict import (REFERENCE_PHONES, Verdict, check_device, evaluate, fit_report,
-                                         fit_summary, reference_phones, require_fit)
+from mcpm_mobile.devices.verdict import Verdict, check_device, evaluate, fit_report, fit_summary, require_fit
+from mcpm_mobile.target import reference_phones
 
 __all__ = ["ModelProfile", "model_profile_from_path", "find_phone", "Verdict", "check_device", "evaluate",
-           "fit_report", "fit_summary", "reference_phones", "require_fit", "REFERENCE_PHONES"]
+           "fit_report", "fit_summary", "reference_phones", "require_fit"]

@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from mcpm_mobile.devices import profiles, speed
-from mcpm_mobile.devices.model_profile import PRESETS, ModelProfile, model_profile_from_path
+from mcpm_mobile.devices.model_profile import MODEL_PRESETS, ModelProfile, model_profile_from_path
 from mcpm_mobile.devices.verdict import Verdict, evaluate
 from mcpm_mobile.errors import MCPMError
-from mcpm_mobile.quantize.group import QUANTIZATIONS
+from mcpm_mobile.model.quantization import QUANTIZATIONS
 from mcpm_mobile.support.output import output_options
 
 STATUS_STYLE = {"fits": "green", "tight": "yellow", "does not fit": "red"}
@@ -37,7 +37,7 @@ def model_options(func):
                      help="Context tokens to reserve KV cache for [default: the artifact's, else 2048]."),
         click.option("--quantization", type=click.Choice(list(QUANTIZATIONS)), default=None,
                      help="For --preset or a Hugging Face checkpoint [default: q4f16_1]."),
-        click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+        click.option("--preset", type=click.Choice(list(MODEL_PRESETS)), default=None,
                      help="A known model instead of --model [default: minicpm-2b]."),
         click.option("--model", type=click.Path(path_type=Path), default=None, metavar="DIR|ARTIFACT",
                      help="Checkpoint, quantized weights, built package directory or compiled library."),
@@ -89,7 +89,7 @@ def _measured(v: Verdict) -> str:
     return f"{span} ({', '.join(sorted({m.runtime for m in found}))})"
 
 
-@click.command()
+@click.command("devices")
 @click.option("--os", "os_name", type=click.Choice(profiles.OSES), default=None, help="Only phones with this OS.")
 @click.option("--min-ram", type=click.FloatRange(min=0), default=None, metavar="GB",
               help="Only phones with at least this much RAM.")
@@ -99,7 +99,7 @@ def _measured(v: Verdict) -> str:
               help="Also draw predicted vs measured speed and memory need vs usable memory.")
 @click.option("--calibration", is_flag=True, help="Show the speed model's in-sample and leave-one-out error.")
 @output_options
-def devices(os_name, min_ram, profile, context, runtime, no_entitlement, as_csv, plot, calibration, out):
+def devices_cmd(os_name, min_ram, profile, context, runtime, no_entitlement, as_csv, plot, calibration, out):
     """Phones with the memory verdict and predicted decode speed for a model."""
     if as_csv and out.json:
         raise MCPMError("choose one of --json and --csv")
@@ -243,12 +243,12 @@ def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
                       + ", ".join(s["rows_without_loo_prediction"]), highlight=False, style="dim")
 
 
-@click.command()
+@click.command("check")
 @click.argument("name")
 @model_options
 @output_options
 @click.pass_context
-def check(ctx, name, profile, context, runtime, no_entitlement, out):
+def check_cmd(ctx, name, profile, context, runtime, no_entitlement, out):
     """Will a model run on one phone? Exit 0 if it fits, 1 if not, 2 on bad input.
 
     NAME is a phone name, alias or model code ("Xiaomi 12 Pro", "xiaomi12pro", HD1900, LE2100, M182Q).

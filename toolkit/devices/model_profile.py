@@ -3,29 +3,35 @@
 A profile comes from a preset (``ModelProfile.from_preset("minicpm-2b", "q4f16_1")``) or from a path
 (:func:`model_profile_from_path`): a Hugging Face checkpoint, a weights directory written by
 ``quantize`` (real shard bytes from ``tensor-cache.json``), a built package directory, or a compiled
-library next to its ``<name>.metadata.json`` (whose ``memory_usage`` gives the workspace).
+library next to its ``<name>.metadata.json`` (whose ``memory_usage`` gives the workspace); or from
+the artifacts themselves (:meth:`ModelProfile.from_weights`), as ``build`` does.
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mcpm_mobile.devices import memory, profiles
+from mcpm_mobile.devices import memory
 from mcpm_mobile.errors import MCPMError, fail
+from mcpm_mobile.formats import chat_config, tensor_cache
+from mcpm_mobile.formats.weights import Weights
+from mcpm_mobile.model.checkpoint import read_config
+from mcpm_mobile.model.config import MiniCPMConfig
+from mcpm_mobile.model.quantization import DEFAULT, GGUF_TYPES, QUANTIZATIONS, Quantization
 from mcpm_mobile.support.jsonio import read_json
 
-GROUP_SIZE = 32  # quantized matrices are padded to whole groups along K (MLC and GGUF alike)
 DEFAULT_PREFILL_CHUNK = 128
-WEIGHTS_INDEXES = ("tensor-cache.json", "ndarray-cache.json")
-CHAT_CONFIG = "mlc-chat-config.json"
+TEST_CHECKPOINT_NOTE = ("a random test checkpoint (mcpm-mobile dev tiny-checkpoint): its speeds say nothing about "
+                        "a real model")
+WEIGHTS_INDEXES = (tensor_cache.INDEX, tensor_cache.OLD_INDEX)
+CHAT_CONFIG = chat_config.FILENAME
 SEARCH_DEPTH = 3
 LIBRARY_SUFFIXES = (".tar.gz", ".tar", ".so", ".a", ".dylib", ".wasm", ".dll")
 
-# MiniCPM-2B: mlc-llm model_preset.py `minicpm_2b` (devices.md section 3a); MiniCPM-1B: openbmb/MiniCPM-1B-sft-bf16
+# MiniCPM-2B: mlc-llm model_preset.py `minicpm_2b`; MiniCPM-1B: openbmb/MiniCPM-1B-sft-bf16
 # config.json. Both were trained with a 4096-token context.
-PRESETS = {
+MODEL_PRESETS = {
     "minicpm-2b": dict(vocab_size=122753, hidden_size=2304, num_hidden_layers=40, num_attention_heads=36,
                        num_key_value_heads=36, intermediate_size=5760, tie_word_embeddings=True,
                        max_position_embeddings=4096),
@@ -35,25 +41,12 @@ PRESETS = {
 }
 
 
-@dataclass(frozen=True)
-class QuantSpec:
-    name: str
-    bits_per_weight: float
-    dtype_bytes: int  # scales, norms, activations and the KV cache
-    quantized: bool
-
-
-def quant_spec(name: str) -> QuantSpec:
+def quantization_named(name: str) -> Quantization:
     """An MLC quantization (q4f16_1, q0f16, ...) or, for measured llama.cpp rows, a GGUF type (q4_1, ...)."""
-    from mcpm_mobile.quantize.group import QUANTIZATIONS
-
-    if name in QUANTIZATIONS:
-        q = QUANTIZATIONS[name]
-        return QuantSpec(name, q.bits_per_weight, 4 if q.model_dtype == "float32" else 2, q.quantized)
-    gguf = profiles.measurement_data()["gguf_bits_per_weight"]
-    if isinstance(gguf.get(name), (int, float)):
-        return QuantSpec(name, float(gguf[name]), 2, True)
-    raise MCPMError(f"unknown quantization '{name}'; choose one of {', '.join(QUANTIZATIONS)}")
+    q = QUANTIZATIONS.get(name) or GGUF_TYPES.get(name)
+    if q is None:
+        raise MCPMError(f"unknown quantization '{name}'; choose one of {', '.join(QUANTIZATIONS)}")
+    return q
 
 
 @dataclass(frozen=True)
@@ -73,47 +66,32 @@ class Arch:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
 
     @classmethod
-    def from_mapping(cls, raw: dict, where) -> "Arch":
-        """Read the HF-style fields of ``config.json`` or of ``mlc-chat-config.json``'s ``model_config``."""
-        needed = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-        for key in needed:
-            if not isinstance(raw.get(key), int) or raw[key] <= 0:
-                raise fail(where, f"'{key}' must be a positive integer (got {raw.get(key)!r})")
-        tie = raw.get("tie_word_embeddings")
-        return cls(vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"],
-                   num_hidden_layers=raw["num_hidden_layers"], num_attention_heads=raw["num_attention_heads"],
-                   num_key_value_heads=raw.get("num_key_value_heads") or raw["num_attention_heads"],
-                   intermediate_size=raw["intermediate_size"], tie_word_embeddings=True if tie is None else bool(tie),
-                   max_position_embeddings=raw.get("max_position_embeddings") or 4096,
-                   head_dim=raw.get("head_dim") or 0)
+    def from_config(cls, cfg: MiniCPMConfig) -> "Arch":
+        return cls(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+                   num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
+                   intermediate_size=cfg.intermediate_size, tie_word_embeddings=bool(cfg.tie_word_embeddings),
+                   max_position_embeddings=cfg.max_position_embeddings, head_dim=cfg.head_dim)
 
     def family(self) -> str | None:
         """The preset with these dimensions, if any (used to show measured figures for the same model)."""
         mine = {k: v for k, v in asdict(self).items() if k not in ("max_position_embeddings", "head_dim")}
-        for name, preset in PRESETS.items():
+        for name, preset in MODEL_PRESETS.items():
             if all(mine[k] == v for k, v in preset.items() if k != "max_position_embeddings"):
                 return name
         return None
 
 
-def matrix_bytes(n: int, k: int, q: QuantSpec) -> int:
-    """Bytes of an [n, k] weight matrix (k is the reduction axis)."""
-    if not q.quantized:
-        return n * k * q.dtype_bytes
-    return math.ceil(n * -(-k // GROUP_SIZE) * GROUP_SIZE * q.bits_per_weight / 8)
-
-
-def weight_bytes(a: Arch, q: QuantSpec) -> tuple[int, int]:
+def weight_bytes(a: Arch, q: Quantization) -> tuple[int, int]:
     """(total weight bytes, bytes read per decoded token) for a MiniCPM/Llama-layout model.
 
     A decode step reads every layer and the lm_head; the input embedding contributes one row, so
     an untied embedding table does not count as read. Tied, it is read whole as the lm_head.
     """
     h, qdim, kvdim = a.hidden_size, a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
-    layer = (matrix_bytes(qdim, h, q) + 2 * matrix_bytes(kvdim, h, q) + matrix_bytes(h, qdim, q)
-             + 2 * matrix_bytes(a.intermediate_size, h, q) + matrix_bytes(h, a.intermediate_size, q)
+    layer = (q.matrix_bytes(qdim, h) + 2 * q.matrix_bytes(kvdim, h) + q.matrix_bytes(h, qdim)
+             + 2 * q.matrix_bytes(a.intermediate_size, h) + q.matrix_bytes(h, a.intermediate_size)
              + 2 * h * q.dtype_bytes)
-    embedding = matrix_bytes(a.vocab_size, h, q)
+    embedding = q.matrix_bytes(a.vocab_size, h)
     total = embedding + a.num_hidden_layers * layer + h * q.dtype_bytes
     if a.tie_word_embeddings:
         return total, total
@@ -181,7 +159,7 @@ class ModelProfile:
     @classmethod
     def from_arch(cls, arch: Arch, quantization: str, name: str, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                   **kwargs) -> "ModelProfile":
-        q = quant_spec(quantization)
+        q = quantization_named(quantization)
         total, read = weight_bytes(arch, q)
         values = dict(weight_bytes=total, weights_read_bytes=read,
                       weight_source=f"computed from the config at {q.bits_per_weight:g} bits/weight",
@@ -191,10 +169,43 @@ class ModelProfile:
         return cls(name=name, quantization=quantization, arch=arch, kv_dtype_bytes=q.dtype_bytes, **values)
 
     @classmethod
-    def from_preset(cls, name: str, quantization: str = "q4f16_1") -> "ModelProfile":
-        if name not in PRESETS:
-            raise MCPMError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
-        return cls.from_arch(Arch(**PRESETS[name]), quantization, name)
+    def from_preset(cls, name: str, quantization: str = DEFAULT) -> "ModelProfile":
+        if name not in MODEL_PRESETS:
+            raise MCPMError(f"unknown preset '{name}'; choose one of {', '.join(MODEL_PRESETS)}")
+        return cls.from_arch(Arch(**MODEL_PRESETS[name]), quantization, name)
+
+    @classmethod
+    def from_config(cls, config: MiniCPMConfig, quantization: str, model_dir: Path) -> "ModelProfile":
+        """A checkpoint's profile (``config`` with tie_word_embeddings decided) at ``quantization``."""
+        arch = Arch.from_config(config)
+        profile = cls.from_arch(arch, quantization, arch.family() or Path(model_dir).name, path=str(model_dir))
+        if config.is_test_checkpoint:
+            profile.notes.append(TEST_CHECKPOINT_NOTE)
+        return profile
+
+    @classmethod
+    def from_weights(cls, weights: Weights, workspace: tuple[str, int] | None = None) -> "ModelProfile":
+        """The profile of quantized weights: real shard bytes; ``workspace``: (source, bytes) of a
+        compiled library's largest ``memory_usage`` entry (else an estimate)."""
+        arch = Arch.from_config(weights.config)
+        context = weights.chat_config.get("context_window_size")
+        chunk = weights.chat_config.get("prefill_chunk_size") or DEFAULT_PREFILL_CHUNK
+        profile = cls.from_arch(arch, weights.quantization.name, arch.family() or weights.dir.name,
+                                prefill_chunk=chunk, path=str(weights.dir),
+                                context_window=context if isinstance(context, int) and context > 0 else None)
+        if weights.index is not None:
+            shards = weights.index["records"]
+            embedding = sum(int(r["nbytes"]) for r in weights.records.values() if "embed_tokens" in r["name"])
+            profile.weight_bytes = weights.param_bytes
+            profile.weights_read_bytes = profile.weight_bytes - (0 if arch.tie_word_embeddings else embedding)
+            profile.weight_source = f"{tensor_cache.find_index(weights.dir).name}: {len(shards)} shards"
+        else:
+            profile.notes.append(f"no tensor-cache.json in {weights.dir}; weight bytes computed from the config")
+        if workspace:
+            profile.workspace_source, profile.workspace_bytes = workspace
+        if weights.is_test_checkpoint:
+            profile.notes.append(TEST_CHECKPOINT_NOTE)
+        return profile
 
 
 def model_profile_from_path(path, quantization: str | None = None) -> ModelProfile:
@@ -210,7 +221,7 @@ def model_profile_from_path(path, quantization: str | None = None) -> ModelProfi
     if (p / CHAT_CONFIG).is_file():
         return _from_weights_dir(p, _find_metadata([p, p.parent, p.parent.parent]))
     if (p / "config.json").is_file():
-        return _from_checkpoint(p, quantization or "q4f16_1")
+        return _from_checkpoint(p, quantization or DEFAULT)
     found = _find_weight_dirs(p)
     if not found:
         raise fail(p, f"no config.json or {CHAT_CONFIG} here or below (expected a checkpoint, weights or package "
@@ -225,7 +236,7 @@ def _from_file(p: Path, quantization: str | None) -> ModelProfile:
     if p.name == CHAT_CONFIG or p.name in WEIGHTS_INDEXES:
         return model_profile_from_path(p.parent, quantization)
     if p.name == "config.json":
-        return _from_checkpoint(p.parent, quantization or "q4f16_1")
+        return _from_checkpoint(p.parent, quantization or DEFAULT)
     meta_path = p if p.name.endswith("metadata.json") else p.with_name(_library_stem(p.name) + ".metadata.json")
     if not meta_path.is_file():
         raise fail(p, f"no {meta_path.name} beside the library; pass the package or weights directory instead")
@@ -248,58 +259,16 @@ def _library_stem(name: str) -> str:
 
 
 def _from_checkpoint(d: Path, quantization: str) -> ModelProfile:
-    from mcpm_mobile.model.config import MiniCPMConfig
-
-    cfg = MiniCPMConfig.from_file(d / "config.json")
-    if cfg.tie_word_embeddings is None:
-        cfg.tie_word_embeddings = not _has_lm_head(d)
-    arch = Arch(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
-                num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
-                intermediate_size=cfg.intermediate_size, tie_word_embeddings=cfg.tie_word_embeddings,
-                max_position_embeddings=cfg.max_position_embeddings, head_dim=cfg.head_dim)
-    return ModelProfile.from_arch(arch, quantization, arch.family() or d.name, path=str(d))
-
-
-def _has_lm_head(d: Path) -> bool:
-    from mcpm_mobile.formats import safetensors_io
-
-    index = d / "model.safetensors.index.json"
-    if index.is_file():
-        return "lm_head.weight" in read_json(index).get("weight_map", {})
-    return any("lm_head.weight" in safetensors_io.read_header(f) for f in sorted(d.glob("*.safetensors")))
+    return ModelProfile.from_config(read_config(d), quantization, d)
 
 
 def _from_weights_dir(d: Path, metadata: tuple[Path, dict] | None) -> ModelProfile:
-    chat = read_json(d / CHAT_CONFIG)
-    quantization = chat.get("quantization")
-    if not isinstance(quantization, str):
-        raise fail(d / CHAT_CONFIG, "no 'quantization' field")
-    arch = Arch.from_mapping(chat.get("model_config") or {}, d / CHAT_CONFIG)
-    context = chat.get("context_window_size")
-    chunk = chat.get("prefill_chunk_size") or DEFAULT_PREFILL_CHUNK
-    profile = ModelProfile.from_arch(arch, quantization, arch.family() or d.name, prefill_chunk=chunk, path=str(d),
-                                     context_window=context if isinstance(context, int) and context > 0 else None)
-    index_path = next((d / n for n in WEIGHTS_INDEXES if (d / n).is_file()), None)
-    if index_path:
-        index = read_json(index_path)
-        try:
-            shards = index["records"]
-            total = sum(int(s["nbytes"]) for s in shards)
-            embedding = sum(int(r["nbytes"]) for s in shards for r in s.get("records", ())
-                            if "embed_tokens" in r.get("name", ""))
-        except (KeyError, TypeError, ValueError) as e:
-            raise fail(index_path, f"cannot read shard sizes: {e}")
-        profile.weight_bytes = total
-        profile.weights_read_bytes = total if arch.tie_word_embeddings else total - embedding
-        profile.weight_source = f"{index_path.name}: {len(shards)} shards"
-    else:
-        profile.notes.append(f"no {WEIGHTS_INDEXES[0]} in {d}; weight bytes computed from the config")
+    workspace = None
     if metadata:
         meta_path, meta = metadata
         usage = [v for v in meta["memory_usage"].values() if isinstance(v, (int, float))]
-        profile.workspace_bytes = int(max(usage, default=0))
-        profile.workspace_source = f"{meta_path.name}: largest memory_usage entry"
-    return profile
+        workspace = (f"{meta_path.name}: largest memory_usage entry", int(max(usage, default=0)))
+    return ModelProfile.from_weights(Weights.read(d), workspace)
 
 
 def _find_weight_dirs(root: Path) -> list[Path]:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from mcpm_mobile.errors import MCPMError
+from mcpm_mobile.target import OS_LABELS, OSES
 
 GIB = 1 << 30
-OSES = ("android", "harmonyos", "ios")
-OS_LABELS = {"android": "Android", "harmonyos": "HarmonyOS", "ios": "iOS"}
 GPU_BACKENDS = ("opencl", "metal", "vulkan")
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from mcpm_mobile.devices import profiles
 from mcpm_mobile.devices.memory import kv_cache_bytes
-from mcpm_mobile.devices.model_profile import PRESETS, Arch, params_per_token, quant_spec, weight_bytes
+from mcpm_mobile.devices.model_profile import MODEL_PRESETS, Arch, params_per_token, quantization_named, weight_bytes
 
 if TYPE_CHECKING:
     from mcpm_mobile.devices.model_profile import ModelProfile
@@ -31,7 +31,7 @@ def decode_context() -> int:
 
 
 def model_family(model: str) -> str | None:
-    if model in PRESETS:
+    if model in MODEL_PRESETS:
         return model
     return profiles.measurement_data()["models"].get(model, {}).get("preset")
 
@@ -73,13 +73,13 @@ def _terms(m: profiles.Measurement) -> tuple[float, int, int | None]:
     """(weight bytes read per token, KV bytes per context token, weights multiplied per token)."""
     family = model_family(m.model)
     if family:
-        arch = Arch(**PRESETS[family])
+        arch = Arch(**MODEL_PRESETS[family])
         kv = kv_cache_bytes(arch.num_hidden_layers, arch.num_key_value_heads, arch.head_dim, 1, 2)
-        weights = m.weights_read_bytes or weight_bytes(arch, quant_spec(m.quantization))[1]
+        weights = m.weights_read_bytes or weight_bytes(arch, quantization_named(m.quantization))[1]
         return weights, kv, params_per_token(arch)
     info = profiles.measurement_data()["models"][m.model]
     params = info.get("weights_params")
-    weights = m.weights_read_bytes or params * quant_spec(m.quantization).bits_per_weight / 8
+    weights = m.weights_read_bytes or params * quantization_named(m.quantization).bits_per_weight / 8
     return weights, info.get("kv_bytes_per_token") or 0, params
 
 

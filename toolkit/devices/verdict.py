@@ -6,13 +6,7 @@ from dataclasses import dataclass, field
 from mcpm_mobile.devices import memory, profiles, speed
 from mcpm_mobile.devices.model_profile import ModelProfile
 from mcpm_mobile.errors import MCPMError
-
-# Phones `build` reports on: a recent flagship, a mid-age phone and a 6 GB one per OS.
-REFERENCE_PHONES = {
-    "android": ["Samsung Galaxy S24 Ultra", "Xiaomi 12 Pro", "Xiaomi Mi 8"],
-    "harmonyos": ["Huawei Mate 60 Pro", "Huawei Nova 11 SE"],
-    "ios": ["iPhone 15 Pro", "iPhone 15", "iPhone 12"],
-}
+from mcpm_mobile.target import reference_phones
 
 
 @dataclass
@@ -118,7 +112,7 @@ def fit_report(profile: ModelProfile, phone_names: list[str], context: int | Non
 
 
 def fit_summary(profile: ModelProfile, target_os: str | None = None, context: int | None = None) -> str:
-    """The lines ``build`` prints at the end: the fit on the reference phones of ``target_os`` (or all)."""
+    """One line per reference phone of ``target_os`` (or of every OS): the fit and the predicted speed."""
     return "\n".join(v.line() for v in fit_report(profile, reference_phones(target_os), context))
 
 
@@ -129,10 +123,3 @@ def require_fit(profile: ModelProfile, name: str, context: int | None = None,
     if not v.fits:
         raise MCPMError(f"{v.phone.name} cannot run this build: {v.line()}", exit_code=1)
     return v
-
-
-def reference_phones(target_os: str | None = None) -> list[str]:
-    """Phone names for a build's closing summary: those of one OS, or all."""
-    if target_os:
-        return list(REFERENCE_PHONES.get(target_os, ()))
-    return [name for names in REFERENCE_PHONES.values() for name in names]

@@ -1,4 +1,4 @@
-"""``mlc-chat-config.json``: what MLC's runtime and apps read next to the weights (reference §3)."""
+"""``mlc-chat-config.json``: what MLC's runtime and apps read next to the weights."""
 from __future__ import annotations
 
 import json
@@ -55,26 +55,22 @@ def build(config: MiniCPMConfig, quantization: str, tokenizer_files: list[str], 
 
 
 def read(weights_dir: Path) -> dict:
+    """The chat config of a weights directory; it must at least say the quantization and model config."""
     path = Path(weights_dir) / FILENAME
     if not path.is_file():
-        raise fail(path, "not found (is this a quantized weights directory?)")
+        raise fail(path, "not found (is this an mcpm-mobile/MLC weights directory?)")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise fail(path, f"cannot read: {e}")
-    missing = [k for k in REQUIRED if k not in cfg]
-    if missing:
-        raise fail(path, f"missing required field(s): {', '.join(missing)}")
+    if not isinstance(cfg, dict):
+        raise fail(path, "expected a JSON object")
+    check_fields(cfg, path, ("quantization", "model_config"))
     return cfg
 
 
-def render_prompt(chat_config: dict, messages: list[tuple[str, str]]) -> str:
-    """Render ``[(role, text), ...]`` with the conv template, ending with the assistant role prefix."""
-    t = chat_config["conv_template"]
-    seps = t["seps"]
-    text = t["system_template"].replace("{system_message}", t["system_message"])
-    for role, content in messages:
-        tmpl = t.get("role_templates", {}).get(role, "{" + role + "_message}")
-        body = tmpl.replace("{" + role + "_message}", content)
-        text += t["roles"][role] + t["role_content_sep"] + body + (seps[0] if role == "user" else seps[-1])
-    return text + t["roles"]["assistant"] + t["role_empty_sep"]
+def check_fields(cfg: dict, path: Path, required: tuple[str, ...] = REQUIRED) -> None:
+    """Every field MLC's runtime requires is there (``required``: a subset to check)."""
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise fail(path, f"missing required field(s): {', '.join(missing)}")

@@ -19,6 +19,7 @@ from mcpm_mobile.errors import fail
 from mcpm_mobile.formats.gguf_vocab import Vocab, read_vocab
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
+from mcpm_mobile.model.param_map import EMBED, LM_HEAD, hf_shapes
 from mcpm_mobile.support.atomic import atomic_file
 from mcpm_mobile.support.output import Output
 
@@ -27,7 +28,9 @@ FT = gguf.LlamaFileType
 
 
 @dataclass(frozen=True)
-class ExportType:
+class GGMLTypes:
+    """The ggml tensor types one GGUF type (``model.quantization.GGUF_TYPES``) writes, per tensor role."""
+
     weights: Q  # every 2-D weight not named below
     tied_embedding: Q  # token_embd when it is also the output matrix
     output: Q  # output.weight of an untied model
@@ -37,10 +40,10 @@ class ExportType:
 # q4_0 follows llama-quantize: norms stay f32 and the output matrix (or the tied embedding) gets a
 # better type; llama.cpp picks q6_k there, which the gguf package cannot write, so q8_0.
 TYPES = {
-    "q4_0": ExportType(Q.Q4_0, Q.Q8_0, Q.Q8_0, FT.MOSTLY_Q4_0),
-    "q8_0": ExportType(Q.Q8_0, Q.Q8_0, Q.Q8_0, FT.MOSTLY_Q8_0),
-    "f16": ExportType(Q.F16, Q.F16, Q.F16, FT.MOSTLY_F16),
-    "f32": ExportType(Q.F32, Q.F32, Q.F32, FT.ALL_F32),
+    "q4_0": GGMLTypes(Q.Q4_0, Q.Q8_0, Q.Q8_0, FT.MOSTLY_Q4_0),
+    "q8_0": GGMLTypes(Q.Q8_0, Q.Q8_0, Q.Q8_0, FT.MOSTLY_Q8_0),
+    "f16": GGMLTypes(Q.F16, Q.F16, Q.F16, FT.MOSTLY_F16),
+    "f32": GGMLTypes(Q.F32, Q.F32, Q.F32, FT.ALL_F32),
 }
 NORM_TYPE = Q.F32
 TYPE_NAMES = {Q.F32: "f32", Q.F16: "f16", Q.Q8_0: "q8_0", Q.Q4_0: "q4_0"}
@@ -83,35 +86,24 @@ def llama_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def tensor_plan(config: MiniCPMConfig, type: str = "q4_0") -> list[PlannedTensor]:
-    """Every tensor of the GGUF file, in file order."""
-    t = TYPES[type]
+def tensor_plan(config: MiniCPMConfig, weight_type: str = "q4_0") -> list[PlannedTensor]:
+    """Every tensor of the GGUF file, in file order (the checkpoint's)."""
+    t = TYPES[weight_type]
     c = config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MINICPM, c.num_hidden_layers)
-    h, kv, ff = c.hidden_size, c.num_key_value_heads * c.head_dim, c.intermediate_size
-
-    def planned(hf, shape, qtype, rope_heads=0):
-        return PlannedTensor(names.get_name(hf, try_suffixes=(".weight",)), hf, shape, qtype, rope_heads)
-
+    rope_heads = {"self_attn.q_proj": c.num_attention_heads, "self_attn.k_proj": c.num_key_value_heads}
     plan = rope_factor_tensors(c)
-    plan.append(planned("model.embed_tokens.weight", (c.vocab_size, h),
-                        t.tied_embedding if c.tie_word_embeddings else t.weights))
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-        plan += [
-            planned(p + "input_layernorm.weight", (h,), NORM_TYPE),
-            planned(p + "self_attn.q_proj.weight", (h, h), t.weights, c.num_attention_heads),
-            planned(p + "self_attn.k_proj.weight", (kv, h), t.weights, c.num_key_value_heads),
-            planned(p + "self_attn.v_proj.weight", (kv, h), t.weights),
-            planned(p + "self_attn.o_proj.weight", (h, h), t.weights),
-            planned(p + "post_attention_layernorm.weight", (h,), NORM_TYPE),
-            planned(p + "mlp.gate_proj.weight", (ff, h), t.weights),
-            planned(p + "mlp.up_proj.weight", (ff, h), t.weights),
-            planned(p + "mlp.down_proj.weight", (h, ff), t.weights),
-        ]
-    plan.append(planned("model.norm.weight", (h,), NORM_TYPE))
-    if not c.tie_word_embeddings:
-        plan.append(planned("lm_head.weight", (c.vocab_size, h), t.output))
+    for hf, shape in hf_shapes(c).items():
+        if len(shape) == 1:
+            qtype = NORM_TYPE
+        elif hf == EMBED:
+            qtype = t.tied_embedding if c.tie_word_embeddings else t.weights
+        elif hf == LM_HEAD:
+            qtype = t.output
+        else:
+            qtype = t.weights
+        heads = next((n for part, n in rope_heads.items() if hf.endswith(f".{part}.weight")), 0)
+        plan.append(PlannedTensor(names.get_name(hf, try_suffixes=(".weight",)), hf, shape, qtype, heads))
     return plan
 
 
@@ -150,9 +142,9 @@ def check_openbmb(config: MiniCPMConfig, config_path: Path) -> None:
                                 f"tied); this checkpoint has {', '.join(wrong)}; use --flavor minicpm")
 
 
-def _check(ckpt: Checkpoint, type: str, flavor: str, out_path: Path) -> None:
-    if type not in TYPES:
-        raise fail("--type", f"unknown '{type}' (choose from {', '.join(TYPES)})")
+def _check(ckpt: Checkpoint, weight_type: str, flavor: str, out_path: Path) -> None:
+    if weight_type not in TYPES:
+        raise fail("--type", f"unknown '{weight_type}' (choose from {', '.join(TYPES)})")
     if flavor not in FLAVOR_ARCH:
         raise fail("--flavor", f"unknown '{flavor}' (choose from {', '.join(FLAVOR_ARCH)})")
     if out_path.suffix != ".gguf":
@@ -162,18 +154,18 @@ def _check(ckpt: Checkpoint, type: str, flavor: str, out_path: Path) -> None:
     c, cfg_path = ckpt.config, ckpt.dir / "config.json"
     if c.head_dim % 2:
         raise fail(cfg_path, f"head_dim {c.head_dim} is odd; RoPE needs an even head dimension")
-    block = gguf.GGML_QUANT_SIZES[TYPES[type].weights][0]
+    block = gguf.GGML_QUANT_SIZES[TYPES[weight_type].weights][0]
     for key in ("hidden_size", "intermediate_size"):
         if getattr(c, key) % block:
-            raise fail(cfg_path, f"{key} {getattr(c, key)} is not a multiple of {block}, the {type} block size; "
+            raise fail(cfg_path, f"{key} {getattr(c, key)} is not a multiple of {block}, the {weight_type} block size; "
                                  "use --type f16 or f32")
     if flavor == "openbmb":
         check_openbmb(c, cfg_path)
 
 
-def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, type: str, flavor: str, name: str) -> None:
+def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, weight_type: str, flavor: str, name: str) -> None:
     w.add_name(name)
-    w.add_file_type(int(TYPES[type].file_type))
+    w.add_file_type(int(TYPES[weight_type].file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_vocab_size(c.vocab_size)
     w.add_context_length(c.max_position_embeddings)
@@ -211,22 +203,22 @@ def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, type: str,
     w.add_chat_template(vocab.chat_template or DEFAULT_CHAT_TEMPLATE)
 
 
-def export_gguf(model_dir: Path | str, out_path: Path | str, type: str = "q4_0", flavor: str = "minicpm",
-                out: Output = Output(), force: bool = False) -> dict:
-    """Write ``model_dir`` as one GGUF file (temp file, renamed at the end). Returns a summary."""
+def export_gguf(ckpt: Checkpoint | Path | str, out_path: Path | str, weight_type: str = "q4_0",
+                flavor: str = "minicpm", out: Output = Output(), force: bool = False) -> dict:
+    """Write the checkpoint as one GGUF file (temp file, renamed at the end). Returns a summary."""
     out_path = Path(out_path)
-    ckpt = Checkpoint(model_dir)
-    _check(ckpt, type, flavor, out_path)
+    ckpt = Checkpoint.of(ckpt)
+    _check(ckpt, weight_type, flavor, out_path)
     if out_path.exists() and not force:
         raise fail(out_path, "exists (use --force to replace it)")
     c = ckpt.config
     vocab = read_vocab(ckpt.dir, c)
-    plan = tensor_plan(c, type)
+    plan = tensor_plan(c, weight_type)
     start = time.perf_counter()
     with atomic_file(out_path) as tmp:
         w = gguf.GGUFWriter(tmp, FLAVOR_ARCH[flavor])
         try:
-            _add_metadata(w, c, vocab, type, flavor, c.name_or_path or ckpt.dir.name)
+            _add_metadata(w, c, vocab, weight_type, flavor, c.name_or_path or ckpt.dir.name)
             for t in plan:
                 if t.qtype in FLOAT_DTYPES:
                     w.add_tensor_info(t.name, t.shape, FLOAT_DTYPES[t.qtype], t.nbytes)
@@ -237,7 +229,7 @@ def export_gguf(model_dir: Path | str, out_path: Path | str, type: str = "q4_0",
             w.write_kv_data_to_file()
             w.write_ti_data_to_file()
             fout = w.fout[0]
-            with out.progress(f"Writing GGUF ({type}, {flavor})", ckpt.weight_bytes) as advance:
+            with out.progress(f"Writing GGUF ({weight_type}, {flavor})", ckpt.weight_bytes) as advance:
                 for t in plan:
                     w.write_padding(fout, fout.tell())  # data offsets are aligned, as gguf's own writer does
                     written = sum(_write_tensor(ckpt, t, fout, advance))
@@ -250,7 +242,7 @@ def export_gguf(model_dir: Path | str, out_path: Path | str, type: str = "q4_0",
     params = sum(math.prod(t.shape) for t in plan)
     counts = dict(Counter(TYPE_NAMES[t.qtype] for t in plan))
     return {
-        "output": str(out_path), "type": type, "flavor": flavor, "arch": FLAVOR_ARCH[flavor], "tensors": len(plan),
+        "output": str(out_path), "type": weight_type, "flavor": flavor, "arch": FLAVOR_ARCH[flavor], "tensors": len(plan),
         "tensor_types": counts, "params": params, "bytes": size, "bits_per_param": round(8 * size / params, 4),
         "input_bytes": ckpt.weight_bytes, "seconds": round(seconds, 3),
     }

@@ -42,10 +42,11 @@ from onnx import TensorProto, helper
 
 from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.formats import chat_config, genai_config
-from mcpm_mobile.formats.onnx_weights import BLOCK_SIZES, ExternalData, num_blocks, quantize_blocks
+from mcpm_mobile.formats.onnx_weights import BLOCK_SIZES, ExternalData, quantize_blocks
 from mcpm_mobile.model import rope
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
+from mcpm_mobile.model.quantization import num_groups
 from mcpm_mobile.model.tokenizer import copy_tokenizer_files
 from mcpm_mobile.support.atomic import atomic_dir
 from mcpm_mobile.support.jsonio import read_json
@@ -127,7 +128,7 @@ class Exporter:
                 scale_parts.append(s)
                 yield b
 
-        shape = (n, num_blocks(k, self.block), self.block // 2)
+        shape = (n, num_groups(k, self.block), self.block // 2)
         codes_name = self.g.weight_parts(f"{name}.qweight", np.uint8, shape, codes())
         return codes_name, np.concatenate(scale_parts).astype(np.float64), n, k
 
@@ -156,7 +157,7 @@ class Exporter:
         """Input embedding (×scale_emb folded). Returns (hidden, lm_head scales name when tied)."""
         c, g = self.c, self.g
         codes, scales, n, k = self.quantized("model.embed_tokens", ("model.embed_tokens.weight",))
-        blocks = num_blocks(k, self.block)
+        blocks = num_groups(k, self.block)
         # GatherBlockQuantized wants the scales shaped like the codes, last axis counted in blocks: [V, blocks, 1]
         gather_scales = self.scales("model.embed_tokens.scales", scales, c.scale_emb, (n, blocks, 1))
         tied_scales = (self.scales("model.embed_tokens.scales_lm_head", scales, 1.0 / c.logit_scale)
@@ -270,10 +271,10 @@ def check_options(ckpt: Checkpoint, block_size: int, accuracy_level: int, contex
                                        f"{ckpt.config.max_position_embeddings}")
 
 
-def export_onnx(model_dir: Path, out_dir: Path, block_size: int = 32, accuracy_level: int = 4, force: bool = False,
-                out: Output = Output(), context_window: int | None = None) -> dict:
-    """Export ``model_dir`` (HF MiniCPM) to an onnxruntime-genai directory ``out_dir``. Returns a summary."""
-    ckpt = Checkpoint(model_dir)
+def export_onnx(ckpt: Checkpoint | Path | str, out_dir: Path, block_size: int = 32, accuracy_level: int = 4,
+                force: bool = False, out: Output = Output(), context_window: int | None = None) -> dict:
+    """Export the checkpoint to an onnxruntime-genai directory ``out_dir``. Returns a summary."""
+    ckpt = Checkpoint.of(ckpt)
     check_options(ckpt, block_size, accuracy_level, context_window)
     c = ckpt.config
     context = c.max_position_embeddings

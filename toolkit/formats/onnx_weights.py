@@ -1,6 +1,6 @@
 """INT4 weights for onnxruntime's ``MatMulNBits`` and the external-data file they are streamed into.
 
-Quantization is MLC's symmetric group math (``mcpm_mobile.quantize.group``) with a configurable block::
+Quantization is MLC's symmetric group math (:mod:`mcpm_mobile.model.quantization`) with a configurable block::
 
     scale = max|w| / 7                      (float32, one per block of ``block`` inputs)
     code  = clamp(round(w / scale + 7), 0, 14) + 1      -> 1..15
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto
 
-MAX_INT = 7
+from mcpm_mobile.model.quantization import MAX_INT, num_groups
+
 ZERO_POINT = 8
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ALIGN = 4096  # page-aligned offsets let onnxruntime memory-map the weights
@@ -26,15 +27,11 @@ _ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.uint8): Tens
                np.dtype(np.int64): TensorProto.INT64}
 
 
-def num_blocks(k: int, block: int) -> int:
-    return -(-k // block)
-
-
 def quantize_blocks(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """float32 ``w[N, K]`` -> (``B`` uint8 [N, blocks, block/2], ``scales`` float32 [N, blocks])."""
     w = np.asarray(w, np.float32)
     n, k = w.shape
-    blocks = num_blocks(k, block)
+    blocks = num_groups(k, block)
     if blocks * block != k:
         w = np.concatenate([w, np.zeros((n, blocks * block - k), np.float32)], axis=1)
     g = w.reshape(n, blocks, block)

@@ -17,6 +17,7 @@ import numpy as np
 from mcpm_mobile.errors import fail
 
 INDEX = "tensor-cache.json"
+OLD_INDEX = "ndarray-cache.json"  # what MLC called it before TVM's tensor-cache rename
 SHARD_CAP = 32 * (1 << 20)
 SHARD_PREFIX = "params_shard"
 
@@ -80,8 +81,12 @@ class TensorCacheWriter:
         return index
 
 
+def find_index(weights_dir: Path) -> Path | None:
+    return next((Path(weights_dir) / n for n in (INDEX, OLD_INDEX) if (Path(weights_dir) / n).is_file()), None)
+
+
 def read_index(weights_dir: Path) -> dict:
-    path = Path(weights_dir) / INDEX
+    path = find_index(weights_dir) or Path(weights_dir) / INDEX
     if not path.is_file():
         raise fail(path, "not found (is this an mcpm-mobile/MLC weights directory?)")
     try:

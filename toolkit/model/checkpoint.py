@@ -1,6 +1,7 @@
 """A MiniCPM checkpoint directory in Hugging Face layout, read lazily tensor by tensor."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -8,17 +9,26 @@ from pathlib import Path
 import numpy as np
 
 from mcpm_mobile.errors import fail
-from mcpm_mobile.formats import safetensors_io as st
 from mcpm_mobile.model.config import MiniCPMConfig
+from mcpm_mobile.model.param_map import LM_HEAD, hf_shapes
+from mcpm_mobile.support import safetensors_io as st
+from mcpm_mobile.support.jsonio import read_json
 
 INDEX = "model.safetensors.index.json"
 CONVERT_HINT = ("convert it to safetensors first, e.g. python -c \"from transformers import AutoModelForCausalLM as M; "
                 "M.from_pretrained('DIR', trust_remote_code=True).save_pretrained('DIR', safe_serialization=True)\"")
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 class Checkpoint:
-    """Config, tensor index and tokenizer files of one checkpoint. Tensors are memory-mapped on demand."""
+    """Config, tensor index and tokenizer files of one checkpoint. Tensors are memory-mapped on demand.
+
+    ``config`` is the checkpoint's config with ``tie_word_embeddings`` decided (when config.json
+    leaves it out, by whether ``lm_head.weight`` is stored).
+    """
+
+    @classmethod
+    def of(cls, source: "Checkpoint | Path | str") -> "Checkpoint":
+        return source if isinstance(source, cls) else cls(source)
 
     def __init__(self, model_dir: Path | str):
         self.dir = Path(model_dir)
@@ -26,7 +36,7 @@ class Checkpoint:
             raise fail(self.dir, "no such directory")
         if not self.dir.is_dir():
             raise fail(self.dir, "not a directory (expected a Hugging Face checkpoint directory)")
-        self.config = MiniCPMConfig.from_file(self.dir / "config.json")
+        config = MiniCPMConfig.from_file(self.dir / "config.json")
         self.files = self._weight_files()
         self.tensors: dict[str, st.TensorInfo] = {}
         for f in self.files:
@@ -34,9 +44,13 @@ class Checkpoint:
                 if name in self.tensors:
                     raise fail(f, f"tensor '{name}' is also in {self.tensors[name].file.name}")
                 self.tensors[name] = info
-        if self.config.tie_word_embeddings is None:
-            self.config.tie_word_embeddings = "lm_head.weight" not in self.tensors
+        self.config = with_tied_decided(config, self.tensors)
         self._check_shapes()
+
+    @property
+    def tied(self) -> bool:
+        return bool(self.config.tie_word_embeddings)
+
 
     def _weight_files(self) -> list[Path]:
         index = self.dir / INDEX
@@ -61,21 +75,7 @@ class Checkpoint:
         raise fail(self.dir, "no model.safetensors or model.safetensors.index.json found")
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        c = self.config
-        h, kv = c.hidden_size, c.num_key_value_heads * c.head_dim
-        shapes = {"model.embed_tokens.weight": (c.vocab_size, h), "model.norm.weight": (h,)}
-        for i in range(c.num_hidden_layers):
-            p = f"model.layers.{i}."
-            shapes.update({
-                p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
-                p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
-                p + "mlp.gate_proj.weight": (c.intermediate_size, h), p + "mlp.up_proj.weight": (c.intermediate_size, h),
-                p + "mlp.down_proj.weight": (h, c.intermediate_size),
-                p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-            })
-        if not c.tie_word_embeddings:
-            shapes["lm_head.weight"] = (c.vocab_size, h)
-        return shapes
+        return hf_shapes(self.config)
 
     def _check_shapes(self) -> None:
         for name, shape in self.expected_shapes().items():
@@ -111,3 +111,24 @@ class Checkpoint:
                 n = int.from_bytes(fh.read(8), "little")
                 h.update(fh.read(n))
         return h.hexdigest()
+
+
+def with_tied_decided(config: MiniCPMConfig, tensor_names) -> MiniCPMConfig:
+    """``config`` with ``tie_word_embeddings`` decided: as config.json says, else tied unless an
+    ``lm_head.weight`` is stored (Hugging Face's default)."""
+    if config.tie_word_embeddings is not None:
+        return config
+    return dataclasses.replace(config, tie_word_embeddings=LM_HEAD not in tensor_names)
+
+
+def read_config(model_dir: Path | str) -> MiniCPMConfig:
+    """The decided config of a checkpoint from config.json and the tensor names alone (no tensors
+    need to be there: enough to profile a model)."""
+    model_dir = Path(model_dir)
+    config = MiniCPMConfig.from_file(model_dir / "config.json")
+    index = model_dir / INDEX
+    if index.is_file():
+        names = read_json(index).get("weight_map", {})
+    else:
+        names = {n for f in sorted(model_dir.glob("*.safetensors")) for n in st.read_header(f)}
+    return with_tied_decided(config, names)

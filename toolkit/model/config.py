@@ -11,6 +11,7 @@ from mcpm_mobile.model.rope import LongRoPE, parse_rope_scaling
 from mcpm_mobile.support.jsonio import read_json
 
 SUPPORTED_ARCH = "MiniCPMForCausalLM"
+TEST_CHECKPOINT_NAME = "mcpm-mobile/tiny-minicpm"  # the _name_or_path `dev tiny-checkpoint` writes
 
 # What other checkpoints look like, so the error can say what the user has.
 _OTHER_FAMILIES = {
@@ -64,6 +65,11 @@ class MiniCPMConfig:
         return parse_rope_scaling(self.rope_scaling, {}, self.max_position_embeddings, self.head_dim, "config.json")
 
     @property
+    def is_test_checkpoint(self) -> bool:
+        """A random checkpoint from `mcpm-mobile dev tiny-checkpoint`: what it generates is noise."""
+        return self.name_or_path == TEST_CHECKPOINT_NAME
+
+    @property
     def eos_token_ids(self) -> list[int]:
         e = self.eos_token_id
         return list(e) if isinstance(e, (list, tuple)) else [e]
@@ -92,8 +98,10 @@ class MiniCPMConfig:
                 raise fail(path, f"'{key}' must be a positive integer (got {raw.get(key)!r})")
         values = {k: raw[k] for k in known if k in raw and raw[k] is not None}
         values.setdefault("num_key_value_heads", raw["num_attention_heads"])
-        cfg = cls(**values, name_or_path=str(raw.get("_name_or_path", "")),
-                  extra={k: v for k, v in raw.items() if k not in known})
+        # "_name_or_path" in config.json, "name_or_path" in mlc-chat-config.json's model_config
+        name = raw.get("_name_or_path") or raw.get("name_or_path") or ""
+        cfg = cls(**values, name_or_path=str(name),
+                  extra={k: v for k, v in raw.items() if k not in known | {"_name_or_path", "name_or_path"}})
         cfg._validate(path)
         return cfg
 

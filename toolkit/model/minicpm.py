@@ -22,8 +22,6 @@ Parameter names, shapes and dtypes are exactly those ``mcpm_mobile.quantize`` wr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import tvm
 from tvm import te, tirx
@@ -33,17 +31,8 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.quantized_linear import QEmbedding, QLinear
+from mcpm_mobile.model.quantization import Quantization
 from mcpm_mobile.model.rope import inv_freq
-from mcpm_mobile.quantize.group import Quantization
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Compile-time limits recorded in ``_metadata``."""
-
-    context_window_size: int
-    prefill_chunk_size: int
-    max_batch_size: int = 1
 
 
 class MiniCPMAttention(nn.Module):
@@ -229,7 +218,3 @@ def export(model: MiniCPMForCausalLM):
     """Relax IRModule plus ``[(name, nn.Parameter)]`` in the packed ``params`` order."""
     return model.export_tvm(spec=model.export_spec())
 
-
-def param_specs(model: MiniCPMForCausalLM) -> list[tuple[str, list[int], str]]:
-    """(name, shape, dtype) of every parameter, in export order (no TVM compile needed)."""
-    return [(name, [int(x) for x in p.shape], p.dtype) for name, p in model.named_parameters()]

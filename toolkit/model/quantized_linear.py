@@ -24,13 +24,9 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 
-GROUP_SIZE = 32
-ELEMS_PER_WORD = 8
+from mcpm_mobile.model.quantization import ELEMS_PER_WORD, GROUP_SIZE, num_groups
+
 OPAQUE = 8  # relay/relax OpPatternKind.kOpaque
-
-
-def num_groups(k: int) -> int:
-    return -(-k // GROUP_SIZE)
 
 
 def _code(word, lane):

@@ -13,8 +13,10 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from mcpm_mobile.formats import safetensors_io
+from mcpm_mobile.model.config import TEST_CHECKPOINT_NAME, MiniCPMConfig
+from mcpm_mobile.model.param_map import EMBED, hf_shapes
 from mcpm_mobile.model.tokenizer import sentencepiece_to_tokenizer_json
+from mcpm_mobile.support import safetensors_io
 from mcpm_mobile.support.atomic import atomic_dir
 
 CHAT_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'user' %}{{'<用户>' + message['content'].strip() "
@@ -65,7 +67,7 @@ def longrope_factors(head_dim: int) -> dict:
 def tiny_config(layers=2, hidden=64, heads=4, kv_heads=None, intermediate=None, vocab=512, tied=True,
                 dtype="bfloat16", max_position=512, rope_scaling=None, original_max_position=None) -> dict:
     cfg = {
-        "architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "_name_or_path": "mcpm-mobile/tiny-minicpm",
+        "architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "_name_or_path": TEST_CHECKPOINT_NAME,
         "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
         "num_key_value_heads": kv_heads or heads, "intermediate_size": intermediate or (hidden * 5 // 2 + 31) // 32 * 32,
         "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": max_position,
@@ -86,30 +88,17 @@ def tiny_config(layers=2, hidden=64, heads=4, kv_heads=None, intermediate=None, 
 def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     """float32 weights with HF names; scaled so activations stay O(1) through the muP scalings."""
     rng = np.random.default_rng(seed)
-    h, inter, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = cfg["num_key_value_heads"] * (h // cfg["num_attention_heads"])
-
-    def lin(n, k):
-        return (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
-
-    def norm():
-        return (1.0 + 0.1 * rng.standard_normal(h)).astype(np.float32)
-
-    w = {"model.embed_tokens.weight": (0.1 * rng.standard_normal((v, h))).astype(np.float32)}
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        w.update({
-            p + "input_layernorm.weight": norm(),
-            p + "self_attn.q_proj.weight": lin(h, h), p + "self_attn.k_proj.weight": lin(kv, h),
-            p + "self_attn.v_proj.weight": lin(kv, h), p + "self_attn.o_proj.weight": lin(h, h),
-            p + "post_attention_layernorm.weight": norm(),
-            p + "mlp.gate_proj.weight": lin(inter, h), p + "mlp.up_proj.weight": lin(inter, h),
-            p + "mlp.down_proj.weight": lin(h, inter),
-        })
-    w["model.norm.weight"] = norm()
-    if cfg.get("tie_word_embeddings") is False:
-        w["lm_head.weight"] = lin(v, h)
-    return w
+    config = MiniCPMConfig.from_dict(cfg)
+    weights = {}
+    for name, shape in hf_shapes(config, tied=cfg.get("tie_word_embeddings") is not False).items():
+        if name == EMBED:
+            w = 0.1 * rng.standard_normal(shape)
+        elif len(shape) == 1:
+            w = 1.0 + 0.1 * rng.standard_normal(shape)
+        else:
+            w = rng.standard_normal(shape) / np.sqrt(shape[1])
+        weights[name] = w.astype(np.float32)
+    return weights
 
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}

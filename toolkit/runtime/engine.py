@@ -4,7 +4,7 @@ Weights come from TVM's own tensor-cache loader (``vm.builtin.tensor_cache.load`
 ``param_array_from_cache_by_name`` in ``_metadata.params`` order); the KV cache is the library's
 ``create_tir_paged_kv_cache`` driven by the ``vm.builtin.kv_state_*`` builtins.
 
-    engine = Engine("dist/minicpm-q4f16_1", "dist/minicpm-q4f16_1-host.so")
+    engine = Engine(Weights.read("dist/minicpm-q4f16_1"), ModelLibrary.read("dist/minicpm-q4f16_1-host.so"))
     result = engine.generate("Hello", max_tokens=32, on_text=print)
 """
 from __future__ import annotations
@@ -16,15 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))  # TVM's default is half the cores
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mcpm_mobile.compiler.compile import MODEL_TYPE, WeightsInfo, read_weights_info  # noqa: E402
-from mcpm_mobile.errors import MCPMError, fail  # noqa: E402
-from mcpm_mobile.formats.tensor_cache import read_index  # noqa: E402
-from mcpm_mobile.runtime.sampling import (SamplingParams, apply_repetition_penalty,  # noqa: E402
-                                          sample_from_probs)
+from mcpm_mobile.compiler.library import ModelLibrary
+from mcpm_mobile.errors import MCPMError, fail
+from mcpm_mobile.formats.weights import Weights
+from mcpm_mobile.runtime.sampling import SamplingParams, apply_repetition_penalty, sample_from_probs
 
 PAGE_SIZE = 16
 
@@ -64,46 +61,26 @@ class GenerationResult:
                 "finish_reason": self.finish_reason, "timings": self.timings.to_dict()}
 
 
-def check_library_matches(meta: dict, info: WeightsInfo, index: dict, lib: Path) -> None:
-    """Refuse a library built for another model or quantization than the weights, saying which."""
-    what = f"{lib}: library was compiled for"
-    if meta.get("model_type") != MODEL_TYPE:
-        raise MCPMError(f"{what} model type '{meta.get('model_type')}', not '{MODEL_TYPE}'")
-    if meta.get("quantization") != info.quant.name:
-        raise MCPMError(f"{what} quantization {meta.get('quantization')}, but {info.dir} holds "
-                        f"{info.quant.name} weights; recompile with `mcpm-mobile compile {info.dir}`")
-    ours = (meta.get("mcpm") or {}).get("model_config") or {}
-    for key, value in ours.items():
-        have = getattr(info.config, key, None)
-        if have is not None and value != have:
-            raise MCPMError(f"{what} a different model ({key}={value}, the weights have {have}); "
-                            f"recompile with `mcpm-mobile compile {info.dir}`")
-    stored = {r["name"]: r for shard in index["records"] for r in shard["records"]}
-    for p in meta["params"]:
-        rec = stored.get(p["name"])
-        if rec is None:
-            raise MCPMError(f"{what} a different model: parameter {p['name']} is missing from {info.dir}")
-        if list(rec["shape"]) != list(p["shape"]) or rec["dtype"] != p["dtype"]:
-            raise MCPMError(f"{what} a different model: {p['name']} is {p['dtype']}{p['shape']} in the library "
-                            f"but {rec['dtype']}{rec['shape']} in {info.dir}")
-
-
 class Engine:
-    """One sequence at a time on the host CPU (``Engine(weights_dir, lib).generate(...)``)."""
+    """One sequence at a time on the host CPU (``Engine(weights, library).generate(...)``).
 
-    def __init__(self, weights_dir: Path | str, lib: Path | str):
+    ``threads``: TVM's thread pool size (default: every core; TVM's own default is half of them).
+    """
+
+    def __init__(self, weights: Weights | Path | str, library: ModelLibrary | Path | str, threads: int | None = None):
         import tvm
         import tvm_ffi
         from tvm import relax
 
-        self.weights_dir, self.lib_path = Path(weights_dir), Path(lib)
-        self.info = read_weights_info(self.weights_dir)
+        self.weights = Weights.of(weights)
+        self.lib_path = library.path if isinstance(library, ModelLibrary) else Path(library)
         if not self.lib_path.is_file():
             raise fail(self.lib_path, "model library not found (build it with `mcpm-mobile compile "
-                                      f"{self.weights_dir} -o {self.lib_path}`)")
-        index = read_index(self.weights_dir)
+                                      f"{self.weights.dir} -o {self.lib_path}`)")
+        self.weights.require_index()
         self._shape = tvm_ffi.Shape
         self.dev = tvm.cpu()
+        tvm.get_global_func("runtime.config_threadpool")(1, threads or os.cpu_count() or 1)
         try:
             self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.lib_path)), self.dev)
             self.metadata = json.loads(str(self.vm["_metadata"]()))
@@ -111,10 +88,10 @@ class Engine:
             raise
         except Exception as e:  # noqa: BLE001 - a foreign or broken file
             raise fail(self.lib_path, f"not an mcpm-mobile/MLC model library: {str(e).splitlines()[0]}")
-        check_library_matches(self.metadata, self.info, index, self.lib_path)
+        self.weights.check_library(self.metadata, self.lib_path)
         self.context_window = int(self.metadata["context_window_size"])
         self.prefill_chunk = int(self.metadata["prefill_chunk_size"])
-        self.hidden = self.info.config.hidden_size
+        self.hidden = self.weights.config.hidden_size
         self._f = {name: self.vm[name] for name in ("embed", "prefill", "decode", "create_tir_paged_kv_cache",
                                                      "softmax_with_temperature")}
         g = tvm.get_global_func
@@ -123,7 +100,7 @@ class Engine:
         self._seq_len = g("vm.builtin.attention_kv_cache_get_total_sequence_length")
         self._reshape = g("vm.builtin.reshape")
         names = [p["name"] for p in self.metadata["params"]]
-        g("vm.builtin.tensor_cache.load")(str(self.weights_dir), self.dev.dlpack_device_type(), self.dev.index)
+        g("vm.builtin.tensor_cache.load")(str(self.weights.dir), self.dev.dlpack_device_type(), self.dev.index)
         self.params = g("vm.builtin.param_array_from_cache_by_name")(names)
         g("vm.builtin.tensor_cache.clear")()
         self.kv = None
@@ -134,13 +111,13 @@ class Engine:
     def _load_tokenizer(self) -> None:
         from tokenizers import Tokenizer
 
-        path = self.weights_dir / "tokenizer.json"
+        path = self.weights.dir / "tokenizer.json"
         if not path.is_file():
             raise fail(path, "not found (the weights directory needs tokenizer.json)")
         self.tokenizer = Tokenizer.from_file(str(path))
-        conv = self.info.chat_config.get("conv_template") or {}
+        conv = self.weights.chat_config.get("conv_template") or {}
         self.conv = conv if isinstance(conv, dict) else {}
-        stops = set(self.conv.get("stop_token_ids") or []) | set(self.info.config.eos_token_ids)
+        stops = set(self.conv.get("stop_token_ids") or []) | set(self.weights.config.eos_token_ids)
         self.stop_token_ids = sorted(stops)
         self.stop_strings = list(self.conv.get("stop_str") or [])
 
@@ -226,7 +203,7 @@ class Engine:
 
     # --- generation ---------------------------------------------------------------------------
     def sampling_defaults(self) -> SamplingParams:
-        c = self.info.chat_config
+        c = self.weights.chat_config
         return SamplingParams(temperature=float(c.get("temperature", 0.0)), top_p=float(c.get("top_p", 1.0)),
                               repetition_penalty=float(c.get("repetition_penalty", 1.0)))
 

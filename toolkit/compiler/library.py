@@ -1,4 +1,9 @@
-"""Model library naming and the ``_metadata`` JSON embedded in a compiled library."""
+"""``ModelLibrary``: a compiled model library (path, name, target and the ``_metadata`` it embeds).
+
+``compile`` writes one and returns it with the metadata it already holds; :meth:`ModelLibrary.read`
+recovers the metadata from the file's bytes (any target, no TVM needed). Also the library naming
+rules and the readers of a TVM ``.tar`` (its objects, the GPU kernel sources inside).
+"""
 from __future__ import annotations
 
 import gzip
@@ -7,10 +12,12 @@ import json
 import re
 import struct
 import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcpm_mobile.errors import fail
+from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.support.ar import defined_symbols, symbol_offset
+from mcpm_mobile.target import Target
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 METADATA_MARK = b'{"model_type"'
@@ -29,6 +36,46 @@ def model_lib_name(chat_config: dict, target: str) -> str:
     name = f"{chat_config['model_type']}_{chat_config['quantization']}_{digest}".replace("-", "_")
     assert IDENTIFIER.match(name), name
     return name
+
+
+def check_system_lib_prefix(prefix: str) -> str:
+    """TVM 0.27 fails to build a system library with a prefix under 8 characters, and a prefix
+    starting with a digit makes OpenCL/Metal kernel names invalid."""
+    if not (IDENTIFIER.match(prefix) and len(prefix) >= 8):
+        raise MCPMError(f"--system-lib-prefix '{prefix}': must be a C identifier (letters, digits, '_', "
+                        "not starting with a digit) of at least 8 characters")
+    return prefix
+
+
+@dataclass
+class ModelLibrary:
+    path: Path
+    metadata: dict  # the library's _metadata, memory_usage included
+    target: Target | None = None  # None: read from a file whose target is not known
+    system_lib_prefix: str | None = None  # static system libraries: the prefix of their symbols
+    seconds: dict = field(default_factory=dict)  # compile time per stage, when just compiled
+
+    @classmethod
+    def of(cls, source: "ModelLibrary | Path | str") -> "ModelLibrary":
+        return source if isinstance(source, cls) else cls.read(source)
+
+    @classmethod
+    def read(cls, path: Path | str, target: Target | None = None) -> "ModelLibrary":
+        return cls(Path(path), embedded_metadata(path), target)
+
+    @property
+    def name(self) -> str | None:
+        """What the app loads as ``system://<name>`` (static system libraries only)."""
+        return self.system_lib_prefix.removesuffix("_") if self.system_lib_prefix else None
+
+    @property
+    def memory_usage(self) -> dict[str, int]:
+        return self.metadata.get("memory_usage") or {}
+
+    @property
+    def workspace_bytes(self) -> int:
+        """The largest statically planned workspace of any function."""
+        return int(max((v for v in self.memory_usage.values() if isinstance(v, (int, float))), default=0))
 
 
 def tar_members(tar_path: Path) -> list[tuple[str, bytes]]:

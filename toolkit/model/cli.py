@@ -1,4 +1,4 @@
-"""`mcpm-mobile dev`: developer tools (tiny test checkpoints)."""
+"""`mcpm-mobile dev`: developer tools (tiny random test checkpoints)."""
 from pathlib import Path
 
 import click
@@ -6,12 +6,12 @@ import click
 from mcpm_mobile.support.output import output_options
 
 
-@click.group()
-def dev():
+@click.group("dev")
+def dev_cmd():
     """Developer tools."""
 
 
-@dev.command("tiny-checkpoint")
+@dev_cmd.command("tiny-checkpoint")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--layers", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=8))
@@ -34,7 +34,10 @@ def dev():
 @output_options
 def tiny_checkpoint(out_dir, layers, hidden, heads, kv_heads, intermediate, vocab, tied, dtype, shards, seed,
                     max_position, rope_scaling, original_max_position, force, out):
-    """Write a random MiniCPM checkpoint in Hugging Face layout (deterministic)."""
+    """Write a random MiniCPM checkpoint in Hugging Face layout (deterministic; for tests and demos).
+
+    Its config.json names it mcpm-mobile/tiny-minicpm; every command that meets it says that its
+    output is noise."""
     from mcpm_mobile.errors import MCPMError
     from mcpm_mobile.model.tiny import write_tiny_checkpoint
 
@@ -51,4 +54,5 @@ def tiny_checkpoint(out_dir, layers, hidden, heads, kv_heads, intermediate, voca
                                  shards, max_position, rope_scaling, original_max_position, force=force)
     out.result({"output": str(path), "layers": layers, "hidden": hidden, "vocab": vocab, "tied": tied,
                 "dtype": dtype, "seed": seed, "max_position": max_position, "rope_scaling": rope_scaling,
-                "original_max_position": original_max_position if rope_scaling else None}, f"Wrote {path}")
+                "original_max_position": original_max_position if rope_scaling else None},
+               f"Wrote {path} (random weights: a test checkpoint, not a language model)")

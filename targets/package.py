@@ -1,0 +1,121 @@
+"""``Package``: what ``build`` writes to DIST/<target>/ (``manifest.json`` and every file it lists).
+
+``Package.write`` hashes the staged files into the manifest; ``Package.read(root).verify()``
+re-checks a package before it ships: hashes, shards, configs, every library against the weights.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcpm_mobile.compiler.library import ModelLibrary, tar_members
+from mcpm_mobile.errors import fail
+from mcpm_mobile.formats.mlc_app import APP_CONFIG
+from mcpm_mobile.formats.tensor_cache import INDEX
+from mcpm_mobile.formats.weights import Weights
+from mcpm_mobile.support.ar import defined_symbols
+from mcpm_mobile.targets import manifest as manifest_io
+
+LIBRARY_SUFFIXES = (".tar", ".so")
+
+
+@dataclass
+class Package:
+    root: Path
+    manifest: dict
+
+    @classmethod
+    def write(cls, root: Path, info: dict) -> "Package":
+        """Hash every file under ``root`` into its ``manifest.json`` (``info``: what was built from what)."""
+        return cls(Path(root), manifest_io.write_manifest(root, info))
+
+    @classmethod
+    def read(cls, root: Path | str) -> "Package":
+        root = Path(root)
+        if not root.is_dir():
+            raise fail(root, "no such package directory")
+        return cls(root, manifest_io.read_manifest(root))
+
+    @property
+    def files(self) -> list[dict]:
+        return self.manifest["files"]
+
+    def verify(self) -> dict:
+        """Raise a one-line MCPMError on the first problem; return what was checked."""
+        root = self.root
+        manifest_io.check_files(root, self.manifest)
+        weights = [Weights.read(p.parent) for p in sorted(root.rglob(INDEX))]
+        for w in weights:
+            w.check(md5=True)
+        libs = sorted(p for p in root.rglob("*") if p.suffix in LIBRARY_SUFFIXES and p.parent.name == "lib")
+        for path in libs:
+            lib = ModelLibrary.read(path)
+            for w in weights:
+                w.check_library(lib.metadata, path)
+            sidecar = path.with_name(path.stem + ".metadata.json")
+            if sidecar.is_file() and json.loads(sidecar.read_text()) != lib.metadata:
+                raise fail(sidecar, "differs from the _metadata embedded in the library")
+        for cfg_path in root.rglob(APP_CONFIG):
+            check_app_config(cfg_path, libs)
+        ggufs = sorted(root.rglob("*.gguf"))
+        for gguf in ggufs:
+            check_gguf(gguf)
+        onnx_models = sorted(root.rglob("*.onnx"))
+        for model in onnx_models:
+            check_onnx(model)
+        return {"package": str(root), "target": self.manifest.get("target"), "files": len(self.files),
+                "weights": [str(w.dir.relative_to(root)) for w in weights],
+                "libraries": [str(x.relative_to(root)) for x in libs],
+                "gguf": [str(g.relative_to(root)) for g in ggufs],
+                "onnx": [str(m.relative_to(root)) for m in onnx_models]}
+
+
+def check_gguf(path: Path) -> None:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # the reader raises ValueError/struct errors on damaged files
+        raise fail(path, f"not a readable GGUF file: {e}")
+    if "general.architecture" not in reader.fields or not reader.tensors:
+        raise fail(path, "GGUF has no architecture or no tensors")
+
+
+def check_onnx(path: Path) -> None:
+    """The graph parses, every external tensor lies inside its data file, genai_config.json is beside it."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise fail(path, f"not a readable ONNX model: {e}")
+    for init in model.graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        ext = {e.key: e.value for e in init.external_data}
+        data = path.parent / ext["location"]
+        end = int(ext.get("offset", 0)) + int(ext.get("length", 0))
+        if not data.is_file() or data.stat().st_size < end:
+            raise fail(data, f"external data of '{init.name}' is missing or truncated")
+    genai = path.parent / "genai_config.json"
+    try:
+        json.loads(genai.read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise fail(genai, f"cannot read: {e}")
+
+
+def check_app_config(path: Path, libs: list[Path]) -> None:
+    try:
+        entries = json.loads(path.read_text())["model_list"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise fail(path, f"cannot read: {e}")
+    for entry in entries:
+        for key in ("model_id", "model_lib", "estimated_vram_bytes"):
+            if key not in entry:
+                raise fail(path, f"model_list entry lacks '{key}'")
+        symbol = entry["model_lib"] + "___tvm_ffi__library_bin"
+        found = any(symbol in defined_symbols(obj) or "_" + symbol in defined_symbols(obj)
+                    for lib in libs if lib.suffix == ".tar" for _, obj in tar_members(lib))
+        if not found:
+            raise fail(path, f"model_lib '{entry['model_lib']}' has no {symbol} symbol in any library")
