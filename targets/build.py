@@ -3,6 +3,9 @@
 Runtimes: ``mlc`` (TVM model library + MLC weights; Android, HarmonyOS, iOS, the iOS package also
 carries an LLMFarm GGUF) and ``onnxruntime`` (an INT4 ONNX decoder for ONNX Runtime Mobile /
 onnxruntime-genai; Android). Each step hands the next the artifact it made.
+
+HarmonyOS: phones on HarmonyOS 2-4 install Android APKs, so ``harmonyos`` is the Android package plus,
+for HarmonyOS NEXT (5.x, no APKs, no MLC/TVM runtime), a GGUF for the llama.cpp builds that exist there.
 """
 from __future__ import annotations
 
@@ -72,7 +75,7 @@ def build(model_dir: Path, target: str, out_dir: Path, quantization: str | None 
     model_id = model_id or default_model_id(ckpt, quantization, runtime)
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", model_id):
         raise fail("--model-id", f"'{model_id}' must be letters, digits, '.', '_' or '-'")
-    app_id = app_id or android.DEFAULT_APP_ID
+    app_id = app_id or (android.ONNX_APP_ID if runtime == "onnxruntime" else android.DEFAULT_APP_ID)
     start = time.perf_counter()
     dest = Path(out_dir) / target.name
     info = {"target": target.name, "runtime": runtime, "model_id": model_id, "quantization": quantization,
@@ -81,32 +84,38 @@ def build(model_dir: Path, target: str, out_dir: Path, quantization: str | None 
     with atomic_dir(dest, force=force) as stage:
         if runtime == "onnxruntime":
             layout = _onnx(stage, target, ckpt, model_id, app_id, bundle_weights, context_window, out)
-            doc = deploy_docs.onnxruntime(model_id, app_id, versions, bundle_weights, layout["assets"])
+            doc = deploy_docs.onnxruntime(model_id, app_id, versions, layout)
         else:
             layout = _mlc(stage, target, ckpt, quant, model_id, app_id, bundle_weights, model_url,
                           context_window, prefill_chunk, out)
-            info.update(model_lib=layout["model_lib"], estimated_vram_bytes=layout["vram"])
+            info.update(model_lib=layout["model_lib"], estimated_vram_bytes=layout["vram"],
+                        runtime_compat=layout["compat"])
             if "gguf" in layout:
                 info["gguf"] = layout["gguf"]
-            doc = deploy_docs.mlc(target, model_id, layout["model_lib"], app_id, versions, bundle_weights,
-                                  layout.get("gguf"))
+            doc = deploy_docs.mlc(target, model_id, layout["model_lib"], app_id, versions, layout)
+        if layout.get("asset_packs"):
+            info["asset_packs"] = layout["asset_packs"]
         (stage / "DEPLOY.md").write_text(doc, encoding="utf-8")
-        for where in (stage, stage / layout["assets"]):
+        for where in [stage] + ([stage / layout["assets"]] if layout["assets"] else []):
             licenses.write_notices(where, terms, grant=license_grant, commercial_use=commercial, model_dir=model_dir)
         fit = _fit(layout["profile"], target, check_device, context_window)
         package = Package.write(stage, info)
     summary = {"output": str(dest), **info, "fit": fit, "files": len(package.files),
                "bytes": sum(f["size"] for f in package.files), "seconds": round(time.perf_counter() - start, 2)}
     if bundle_weights:
-        out.info(f"[yellow]Weights bundled into {layout['assets']}/: the APK grows by "
+        out.info(f"[yellow]Weights bundled into android-app/ (Gradle asset packs): the app grows by "
                  f"{layout['bundled_weights_bytes'] / 1e6:.1f} MB, and the app must copy them out of the assets "
-                 "before loading.[/yellow]")
+                 "before loading (see DEPLOY.md).[/yellow]")
+    if target.name == "harmonyos":
+        out.info("HarmonyOS 2-4 install the Android package here; HarmonyOS NEXT has no MLC/TVM runtime: "
+                 "use the GGUF in harmonyos-next/ with a llama.cpp build for HarmonyOS NEXT (see DEPLOY.md).")
     out.info(licenses.short_notice(terms, record))
     return summary
 
 
 def _mlc(stage: Path, target: Target, ckpt: Checkpoint, quant, model_id: str, app_id: str, bundle_weights: bool,
          model_url: str | None, context_window: int | None, prefill_chunk: int | None, out: Output) -> dict:
+    from mcpm_mobile.compiler import runtime_compat
     from mcpm_mobile.compiler.compile import compile_model
     from mcpm_mobile.compiler.library import model_lib_name
     from mcpm_mobile.devices import ModelProfile
@@ -120,19 +129,36 @@ def _mlc(stage: Path, target: Target, ckpt: Checkpoint, quant, model_id: str, ap
     else:
         weights_dir, lib_dir = stage / model_id, stage / "lib"
     weights = quantize(ckpt, quant, weights_dir, out=out, context_window=context_window, prefill_chunk=prefill_chunk)
-    lib_name = model_lib_name(weights.chat_config, target.key)
+    lib_target = get_target(target.library_from) if target.library_from else target
+    lib_name = model_lib_name(weights.chat_config, lib_target.key)
     lib_dir.mkdir(parents=True)
-    lib = compile_model(weights, target, lib_dir / target.library_file(lib_name), system_lib_prefix=lib_name + "_",
-                        out=out)
+    lib = compile_model(weights, lib_target, lib_dir / lib_target.library_file(lib_name),
+                        system_lib_prefix=lib_name + "_", out=out)
     (lib_dir / f"{lib_name}.metadata.json").write_text(json.dumps(lib.metadata, indent=2))
     vram = estimated_vram_bytes(weights, lib.metadata)
+    formats = runtime_compat.read_formats(lib.path)
+    compat = {"formats": {k: v for k, v in formats.items() if k != "builtins"},
+              **{k: v for k, v in runtime_compat.compatibility(formats).items() if k != "requires"}}
     with out.stage("Packaging"):
         if target.package == "mlc-ios":
             layout = ios.package(stage, target, ckpt, weights, lib, vram, out=out)
         else:
             layout = android.package(stage, target, weights, lib, vram, app_id, bundle_weights, model_url)
+            if target.name == "harmonyos":
+                layout["gguf"] = _harmonyos_next_gguf(stage, ckpt, model_id, out)
     workspace = (f"{lib_name}.metadata.json: largest memory_usage entry", lib.workspace_bytes)
-    return {**layout, "model_lib": lib_name, "vram": vram, "profile": ModelProfile.from_weights(weights, workspace)}
+    return {**layout, "model_lib": lib_name, "vram": vram, "compat": compat,
+            "profile": ModelProfile.from_weights(weights, workspace)}
+
+
+def _harmonyos_next_gguf(stage: Path, ckpt: Checkpoint, model_id: str, out: Output) -> str:
+    """HarmonyOS NEXT has no MLC/TVM runtime; llama.cpp built with the OpenHarmony SDK reads GGUF."""
+    from mcpm_mobile.formats.gguf_export import export_gguf
+
+    gguf = stage / "harmonyos-next" / (re.sub(r"-q\d\w*-MLC$", "", model_id) + "-q4_0.gguf")
+    gguf.parent.mkdir()
+    export_gguf(ckpt, gguf, "q4_0", out=out)
+    return str(gguf.relative_to(stage))
 
 
 def _onnx(stage: Path, target: Target, ckpt: Checkpoint, model_id: str, app_id: str, bundle_weights: bool,
@@ -142,8 +168,8 @@ def _onnx(stage: Path, target: Target, ckpt: Checkpoint, model_id: str, app_id: 
     from mcpm_mobile.targets.android import package as android
 
     export_onnx(ckpt, stage / model_id, context_window=context_window, out=out)
-    layout = android.place_weights(stage, target, stage / model_id, bundle_weights)
-    android.write_push_script(stage, model_id, app_id)
+    layout = android.bundle(stage, stage / model_id, bundle_weights)
+    android.write_push_script(stage, android.onnx_push_script(model_id, app_id))
     return {**layout, "profile": ModelProfile.from_config(ckpt.config, ONNX_QUANTIZATION, ckpt.dir)}
 
 

@@ -11,7 +11,9 @@ from mcpm_mobile.targets.build import RUNTIMES
 
 @click.command("build")
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--target", required=True, type=click.Choice(PACKAGED), help="Phone platform to package for.")
+@click.option("--target", required=True, type=click.Choice(PACKAGED),
+              help="Phone platform. harmonyos: the Android package (HarmonyOS 2-4 install APKs) plus a GGUF for "
+                   "llama.cpp on HarmonyOS NEXT, which has no MLC/TVM runtime.")
 @click.option("-o", "--output", "out_dir", default=Path("dist"), show_default=True, type=click.Path(path_type=Path),
               help="Writes OUTPUT/<target>/.")
 @click.option("--quantization", type=click.Choice(list(QUANTIZATIONS)),
@@ -21,9 +23,12 @@ from mcpm_mobile.targets.build import RUNTIMES
 @click.option("--context-window", type=click.IntRange(min=16))
 @click.option("--prefill-chunk", type=click.IntRange(min=1))
 @click.option("--model-id", help="Folder and id of the model in the app. [default: <checkpoint>-<quantization>-MLC]")
-@click.option("--app-id", help="Android application id for push-weights.sh. [default: ai.mlc.mlcchat]")
+@click.option("--app-id", help="Android application id for push-weights.sh. [default: ai.mlc.mlcchat; "
+                               "onnxruntime: ai.onnxruntime.genai.demo]")
 @click.option("--model-url", help="Where the app downloads the weights (else they are pushed; Android, HarmonyOS).")
-@click.option("--bundle-weights", is_flag=True, help="Put the weights into the APK/HAP assets too (Android, HarmonyOS).")
+@click.option("--bundle-weights", is_flag=True,
+              help="Also ship the weights inside the app, as Gradle install-time asset packs (android-app/; "
+                   "Android, HarmonyOS 2-4).")
 @click.option("--commercial", is_flag=True, help="The package is for commercial use: enforce the licence terms.")
 @click.option("--license-grant", type=click.Path(path_type=Path), help="Written authorization to record.")
 @click.option("--model-family", help="Licence family, when it cannot be detected from config.json.")
@@ -42,11 +47,16 @@ def build_cmd(model_dir, target, out_dir, out, **options):
 
 @click.command("verify")
 @click.argument("package_dir", type=click.Path(path_type=Path))
+@click.option("--apk", type=click.Path(path_type=Path),
+              help="Also check an APK/split Gradle built from the package's asset packs (STORED, aligned, unchanged).")
 @output_options
-def verify_cmd(package_dir, out):
-    """Re-check a built package: hashes, shards, configs, library vs weights."""
+def verify_cmd(package_dir, apk, out):
+    """Re-check a built package: hashes, shards, configs as the apps parse them, library vs weights."""
     from mcpm_mobile.targets.package import Package
 
-    s = Package.read(package_dir).verify()
+    package = Package.read(package_dir)
+    s = package.verify()
+    if apk:
+        s["apk"] = package.verify_apk(apk)
     out.result(s, f"OK {s['package']}: {s['files']} files, weights {', '.join(s['weights'])}, "
                   f"libraries {', '.join(s['libraries']) or 'none'}")

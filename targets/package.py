@@ -11,11 +11,12 @@ from pathlib import Path
 
 from mcpm_mobile.compiler.library import ModelLibrary, tar_members
 from mcpm_mobile.errors import fail
-from mcpm_mobile.formats.mlc_app import APP_CONFIG
+from mcpm_mobile.formats.mlc_app import APP_CONFIG, check_android_app_config, check_ios_app_config
 from mcpm_mobile.formats.tensor_cache import INDEX
 from mcpm_mobile.formats.weights import Weights
 from mcpm_mobile.support.ar import defined_symbols
 from mcpm_mobile.targets import manifest as manifest_io
+from mcpm_mobile.targets.android import asset_pack
 
 LIBRARY_SUFFIXES = (".tar", ".so")
 
@@ -57,7 +58,12 @@ class Package:
             if sidecar.is_file() and json.loads(sidecar.read_text()) != lib.metadata:
                 raise fail(sidecar, "differs from the _metadata embedded in the library")
         for cfg_path in root.rglob(APP_CONFIG):
+            if self.manifest.get("target") == "ios":
+                check_ios_app_config(cfg_path)
+            else:
+                check_android_app_config(cfg_path, files_dir=root)  # as the weights sit after push-weights.sh
             check_app_config(cfg_path, libs)
+        packs = asset_pack.check_layout(root / asset_pack.ROOT) if (root / asset_pack.ROOT).is_dir() else None
         ggufs = sorted(root.rglob("*.gguf"))
         for gguf in ggufs:
             check_gguf(gguf)
@@ -68,7 +74,20 @@ class Package:
                 "weights": [str(w.dir.relative_to(root)) for w in weights],
                 "libraries": [str(x.relative_to(root)) for x in libs],
                 "gguf": [str(g.relative_to(root)) for g in ggufs],
-                "onnx": [str(m.relative_to(root)) for m in onnx_models]}
+                "onnx": [str(m.relative_to(root)) for m in onnx_models], "asset_packs": packs}
+
+    def verify_apk(self, apk: Path) -> dict:
+        """An APK (or split) Gradle built from this package's asset packs: model files STORED, aligned and
+        byte-identical to the package."""
+        prefix = asset_pack.ROOT + "/"
+        expected = {}
+        for f in self.files:
+            parts = f["path"].split("/src/main/assets/", 1)
+            if f["path"].startswith(prefix) and len(parts) == 2:
+                expected[parts[1]] = (f["size"], f["sha256"])
+        if not expected:
+            raise fail(self.root, "has no asset packs (built without --bundle-weights)")
+        return asset_pack.check_apk(Path(apk), expected)
 
 
 def check_gguf(path: Path) -> None:
@@ -111,9 +130,6 @@ def check_app_config(path: Path, libs: list[Path]) -> None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise fail(path, f"cannot read: {e}")
     for entry in entries:
-        for key in ("model_id", "model_lib", "estimated_vram_bytes"):
-            if key not in entry:
-                raise fail(path, f"model_list entry lacks '{key}'")
         symbol = entry["model_lib"] + "___tvm_ffi__library_bin"
         found = any(symbol in defined_symbols(obj) or "_" + symbol in defined_symbols(obj)
                     for lib in libs if lib.suffix == ".tar" for _, obj in tar_members(lib))

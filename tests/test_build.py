@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from conftest import run_cli
+from jvm import jvm_classpath, run  # noqa: F401  (fixture)
 from mcpm_mobile.formats.tensor_cache import load_tensors
 from mcpm_mobile.compiler.library import embedded_metadata
 
@@ -46,10 +47,11 @@ def test_android_layout(built, target):
                 f"lib/{lib}.tar", "lib/libmodel_android.a", "mlc-package-config.json", "bundle/mlc-app-config.json",
                 "push-weights.sh", "DEPLOY.md", "NOTICE.md", "license.json", "manifest.json"]:
         assert (root / rel).is_file(), rel
-    assets = root / ("app/src/main/assets" if target == "android" else "entry/src/main/resources/rawfile")
-    assert (assets / "mlc-app-config.json").is_file() and (assets / "NOTICE.md").is_file()
+    # nothing in an app module's assets: it would shadow mlc4j's mlc-app-config.json in the merged APK
+    assert not (root / "app").exists() and not (root / "entry").exists()
     app = json.loads((root / "bundle/mlc-app-config.json").read_text())["model_list"][0]
     assert app["model_id"] == model_id and app["model_lib"] == lib
+    assert app["model_url"] == f"./{model_id}" and "model_path" not in app  # as mlc_llm package writes it
     meta = embedded_metadata(root / "lib" / f"{lib}.tar")
     params = sum(f["size"] for f in json.loads((root / "manifest.json").read_text())["files"]
                  if f["path"].startswith(model_id + "/params_shard_"))
@@ -61,15 +63,61 @@ def test_android_layout(built, target):
     pkg = json.loads((root / "mlc-package-config.json").read_text())
     assert pkg["model_list"][0]["model_lib"] == lib and pkg["model_list"][0]["estimated_vram_bytes"] > 0
     assert f"Android/data/ai.mlc.mlcchat/files/{model_id}" in (root / "push-weights.sh").read_text()
+    assert subprocess.run(["bash", "-n", root / "push-weights.sh"]).returncode == 0
     deploy = (root / "DEPLOY.md").read_text()
     assert "apache-tvm" in deploy and "--whole-archive" in deploy
+    assert "Oldest runtime that loads it:** apache/tvm 141c22fd" in deploy and "mcpm-mobile inspect" in deploy
+    assert "**MLC-LLM apps:** mlc-llm 46a1d117 (2026-03-27) or later (first release v0.20.0)" in deploy
     if target == "harmonyos":
-        assert "HarmonyOS 4.x" in deploy
+        assert "HarmonyOS 2, 3 and 4" in deploy and "HarmonyOS NEXT" in deploy and "no MLC-LLM or TVM runtime" in deploy
+        gguf = root / s["gguf"]
+        assert gguf.parent.name == "harmonyos-next" and gguf.suffix == ".gguf"
+        assert lib == built("android")[1]["model_lib"]  # the Android library: HarmonyOS 2-4 run the Android app
+        assert not list(root.rglob("*ohos*"))
     manifest = json.loads((root / "manifest.json").read_text())
+    assert "141c22fd" in manifest["runtime_compat"]["oldest_tvm"]
+    assert manifest["runtime_compat"]["formats"]["kv_cache_config_entries"] == 5
+    assert manifest["runtime_compat"]["formats"]["attention_backends"] == ["tirx"]
     assert manifest["versions"]["apache-tvm"] and manifest["license"]["family"] == "minicpm"
     entry = next(f for f in manifest["files"] if f["path"] == "lib/libmodel_android.a")
     assert entry["sha256"] == hashlib.sha256((root / "lib/libmodel_android.a").read_bytes()).hexdigest()
     assert len(s["fit"]) >= 1 and all("status" in v for v in s["fit"])
+
+
+def test_mlcchat_loads_the_android_package(built, jvm_classpath):  # noqa: F811
+    """The package's app config and weights through our Kotlin transcription of MLCChat's loading."""
+    root, s = built("android")
+    r = run(jvm_classpath, "MLCChatConfigKt", root / "bundle/mlc-app-config.json", root)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\t")[:3] == [s["model_id"], "Finished", f"system://{s['model_lib']}"]
+
+
+def test_bundle_weights_android_gradle_and_apk(tiny_dir, tmp_path):
+    import shutil as sh
+
+    r = run_cli("build", tiny_dir("mha_tied"), "--target", "android", "-o", tmp_path / "d", "--bundle-weights", "--json")
+    assert r.exit_code == 0, r.output
+    root = tmp_path / "d" / "android"
+    model_id = json.loads(r.stdout)["model_id"]
+    pack = root / "android-app/model_assets"
+    assert 'deliveryType = "install-time"' in (pack / "build.gradle").read_text()
+    assert (root / "android-app/app/src/main/java/ai/mcpm/assets/ModelAssets.kt").is_file()
+    v = run_cli("verify", root, "--json")
+    assert v.exit_code == 0 and json.loads(v.stdout)["asset_packs"]["packs"] == ["model_assets"], v.output
+    assert "Weights inside the app (Play Asset Delivery)" in (root / "DEPLOY.md").read_text()
+    if not (sh.which("aapt") and sh.which("zipalign")):
+        pytest.skip("aapt/zipalign not installed (Debian packages aapt, zipalign)")
+    from mcpm_mobile.targets.android.asset_pack import check_layout
+
+    exts = check_layout(root / "android-app")["no_compress"]
+    (tmp_path / "AndroidManifest.xml").write_text('<manifest package="ai.mcpm.test" split="model_assets"/>')
+    flags = [a for e in exts for a in ("-0", e)]
+    subprocess.run(["aapt", "package", "-f", "-M", tmp_path / "AndroidManifest.xml", "-A", pack / "src/main/assets",
+                    "-F", tmp_path / "raw.apk", *flags], check=True, capture_output=True)
+    subprocess.run(["zipalign", "-f", "4", tmp_path / "raw.apk", tmp_path / "split.apk"], check=True)
+    v = run_cli("verify", root, "--apk", tmp_path / "split.apk", "--json")
+    assert v.exit_code == 0, v.output
+    assert json.loads(v.stdout)["apk"]["stored_aligned"] >= len(list((root / model_id).iterdir()))
 
 
 def test_ios_layout(built):
@@ -85,7 +133,9 @@ def test_ios_layout(built):
     chat = json.loads((root / f"llmfarm/chats/{name}.json").read_text())
     assert chat["model"] == gguf.name and chat["prompt_format"] == "<用户>{{prompt}}<AI>" and chat["use_metal"] is True
     app = json.loads((root / "mlc/bundle/mlc-app-config.json").read_text())["model_list"][0]
-    assert app["model_path"] == model_id and app["model_lib"] == lib
+    assert app["model_path"] == model_id and app["model_lib"] == lib and "model_url" not in app
+    deploy = (root / "DEPLOY.md").read_text()
+    assert "newLibraryWithSource" in deploy and "metallib" in deploy and "141c22fd" in deploy
     assert f"_{lib}___tvm_ffi__library_bin" in _archive_members(root / "mlc/lib/libmodel_iphone.a")
 
 
@@ -94,8 +144,10 @@ def test_onnxruntime_package(built):
     d = root / s["model_id"]
     for rel in ["model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json"]:
         assert (d / rel).is_file(), rel
-    assert (root / "app/src/main/assets/NOTICE.md").is_file() and (root / "push-weights.sh").is_file()
-    assert s["runtime"] == "onnxruntime" and "onnxruntime" in (root / "DEPLOY.md").read_text().lower()
+    push = (root / "push-weights.sh").read_text()
+    assert "ai.onnxruntime.genai.demo" in push and "run-as" in push and "mlcchat" not in push
+    assert subprocess.run(["bash", "-n", root / "push-weights.sh"]).returncode == 0
+    assert s["runtime"] == "onnxruntime" and "not for MLCChat" in (root / "DEPLOY.md").read_text()
     assert run_cli("verify", root).exit_code == 0
 
 
@@ -174,8 +226,9 @@ def test_bundle_weights_and_commercial_gate(tiny_dir, tmp_path):
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["license"]["grant_sha256"] == hashlib.sha256(grant.read_bytes()).hexdigest()
     model_id = manifest["model_id"]
-    assert (root / "app/src/main/assets" / model_id / "model.onnx").is_file()
-    assert "must copy them out" in r.output
+    assert (root / "android-app/model_assets/src/main/assets" / model_id / "model.onnx").is_file()
+    assert manifest["asset_packs"]["packs"][0]["name"] == "model_assets"
+    assert "must copy them out" in r.output and run_cli("verify", root).exit_code == 0
 
 
 def test_check_device(tiny_dir, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ Heavy imports (TVM, onnx, gguf) happen inside the commands, so `mcpm-mobile chec
 import click
 
 from mcpm_mobile import __version__
-from mcpm_mobile.compiler.cli import compile_cmd
+from mcpm_mobile.compiler.cli import compile_cmd, inspect_cmd
 from mcpm_mobile.devices.cli import check_cmd, devices_cmd
 from mcpm_mobile.formats.cli import export_gguf_cmd, export_onnx_cmd
 from mcpm_mobile.licenses.cli import license_cmd
@@ -23,6 +23,6 @@ def main():
 
 
 # In pipeline order: checkpoint -> weights -> library -> run; exports; packages; phones; licences; tools.
-for command in (quantize_cmd, compile_cmd, run_cmd, export_gguf_cmd, export_onnx_cmd, build_cmd, verify_cmd,
-                devices_cmd, check_cmd, license_cmd, dev_cmd):
+for command in (quantize_cmd, compile_cmd, inspect_cmd, run_cmd, export_gguf_cmd, export_onnx_cmd, build_cmd,
+                verify_cmd, devices_cmd, check_cmd, license_cmd, dev_cmd):
     main.add_command(command)

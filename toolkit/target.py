@@ -25,7 +25,8 @@ class Target:
     os: str | None = None  # the phone OS ("android", "harmonyos", "ios")
     os_label: str | None = None
     package: str | None = None  # `build` package layout: "mlc-android" or "mlc-ios"; None: not packaged
-    assets: str | None = None  # folder of the app project that receives configs (and bundled weights)
+    assets: str | None = None  # package folder that goes into the app as it is (LLMFarm's Documents); None: none
+    library_from: str | None = None  # `build` ships the library of this entry instead (HarmonyOS 2-4: Android)
     static_lib: str | None = None  # the .tar's objects as an archive the app links
     runtimes: tuple[str, ...] = ()  # `build --runtime` choices
     reference_phones: tuple[str, ...] = ()  # phones `build` reports the fit on
@@ -58,17 +59,20 @@ TARGETS = {t.name: t for t in (
     Target("host", None, False, (".so", ".dylib", ".dll"),
            description="a shared library for this machine's CPU"),
     Target("android", {"kind": "opencl", "host": _AARCH64_ANDROID}, True, (".tar",), "android", "Android",
-           package="mlc-android", assets="app/src/main/assets", static_lib="libmodel_android.a",
-           runtimes=("mlc", "onnxruntime"),
+           package="mlc-android", static_lib="libmodel_android.a", runtimes=("mlc", "onnxruntime"),
            reference_phones=("Samsung Galaxy S24 Ultra", "Xiaomi 12 Pro", "Xiaomi Mi 8"),
            description="OpenCL, aarch64"),
     Target("android-adreno", {"kind": "opencl", "device": "adreno", "max_threads_per_block": 512,
                               "host": _AARCH64_ANDROID}, True, (".tar",), "android", "Android",
            description="OpenCL tuned for Qualcomm Adreno, aarch64"),
+    # HarmonyOS 2-4 install Android APKs: `build` ships the Android package (and a GGUF for HarmonyOS
+    # NEXT, which has no MLC/TVM runtime); this entry's own aarch64-linux-ohos library loads nowhere yet
     Target("harmonyos", {"kind": "opencl", "host": {"kind": "llvm", "mtriple": "aarch64-linux-ohos"}}, True,
-           (".tar",), "harmonyos", "HarmonyOS", package="mlc-android", assets="entry/src/main/resources/rawfile",
+           (".tar",), "harmonyos", "HarmonyOS", package="mlc-android", library_from="android",
            static_lib="libmodel_android.a", runtimes=("mlc",),
-           reference_phones=("Huawei Mate 60 Pro", "Huawei Nova 11 SE"), description="OpenCL, aarch64"),
+           reference_phones=("Huawei Mate 60 Pro", "Huawei Nova 11 SE"),
+           description="OpenCL, aarch64-linux-ohos; no MLC/TVM runtime on HarmonyOS NEXT loads it yet, "
+                       "HarmonyOS 2-4 run 'android'"),
     # thread_warp_size 1 as in MLC's iPhone preset (what MLC ships on iPhones): cross-thread
     # reductions go through threadgroup memory rather than simd_shuffle
     Target("ios", {"kind": "metal", "max_threads_per_block": 256, "max_shared_memory_per_block": 32768,

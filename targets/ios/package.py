@@ -7,7 +7,7 @@ from pathlib import Path
 from mcpm_mobile.compiler.library import ModelLibrary, tar_members
 from mcpm_mobile.formats import llmfarm
 from mcpm_mobile.formats.gguf_export import export_gguf
-from mcpm_mobile.formats.mlc_app import APP_CONFIG, app_config
+from mcpm_mobile.formats.mlc_app import APP_CONFIG, ios_app_config
 from mcpm_mobile.formats.weights import Weights
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.support.ar import write_archive
@@ -28,7 +28,7 @@ def package(stage: Path, target: Target, ckpt: Checkpoint, weights: Weights, lib
     """The MLC bundle's app config and static archive, and the LLMFarm folder with a GGUF of ``ckpt``."""
     model_id = weights.dir.name
     write_archive(lib.path.with_name(target.static_lib), tar_members(lib.path))
-    (weights.dir.parent / APP_CONFIG).write_text(json.dumps(app_config(model_id, lib.name, vram, None), indent=2))
+    (weights.dir.parent / APP_CONFIG).write_text(json.dumps(ios_app_config(model_id, lib.name, vram), indent=2))
     name = model_id.removesuffix("-MLC") + f"-{GGUF_TYPE}"
     gguf = stage / target.assets / "models" / f"{name}.gguf"
     summary = export_gguf(ckpt, gguf, GGUF_TYPE, out=out)

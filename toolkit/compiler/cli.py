@@ -37,3 +37,26 @@ def compile_cmd(weights_dir, target, out_path, context_window, prefill_chunk, ma
          "system_lib_prefix": lib.system_lib_prefix, "seconds": lib.seconds}
     out.result(s, f"Wrote {s['output']} ({s['quantization']}, context {s['context_window_size']}, prefill chunk "
                   f"{s['prefill_chunk_size']}, batch {s['max_batch_size']}) in {s['seconds']['total_s']:.1f} s")
+
+
+@click.command("inspect")
+@click.argument("library", type=click.Path(path_type=Path))
+@output_options
+def inspect_cmd(library, out):
+    """Read the runtime formats out of a model library (.tar/.so) and the oldest runtime that loads it."""
+    from mcpm_mobile.compiler.runtime_compat import compatibility, read_formats
+
+    f = read_formats(library)
+    c = compatibility(f)
+    lines = [f"{library}",
+             f"  VM executable    magic {f['vm_magic']}, version {f['vm_version']}",
+             f"  attention tag    {', '.join(f['attention_backends']) or 'none'}",
+             f"  KV-cache config  {f['kv_cache_config_entries']} entries, constructor {f['kv_cache_create_args']} args",
+             f"  system library   {f['system_lib'] or 'none'} ({f['ffi_exports']} __tvm_ffi_ exports)",
+             f"  runtime C API    {', '.join(f['ffi_imports'])}",
+             f"  VM builtins      {', '.join(f['builtins'])}",
+             f"Oldest TVM runtime: {c['oldest_tvm']}",
+             f"Oldest mlc-llm:     {c['oldest_mlc_llm']}",
+             "Check your app's TVM tree (mlc-llm: 3rdparty/tvm) for each:"]
+    lines += [f"  {r['what']}: {r['check']}" for r in c["requires"]]
+    out.result({"library": str(library), **f, **c}, "\n".join(lines))

@@ -20,7 +20,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
-from mcpm_mobile.compiler import cpu_attention, gpu, interface, sampler, schedules
+from mcpm_mobile.compiler import cpu_attention, gpu, interface, kv_compat, sampler, schedules
 
 ENTRY_FUNCTIONS = ["embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify",
                    "create_tir_paged_kv_cache", "alloc_embedding_tensor", "softmax_with_temperature",
@@ -49,6 +49,7 @@ def get_pipeline(target: tvm.target.Target, metadata: dict) -> tvm.transform.Pas
         entries = [gv.name_hint for gv in mod.get_global_vars() if gv.name_hint in ENTRY_FUNCTIONS]
         passes = [
             # phase 1: graph rewrites
+            kv_compat.FiveEntryKVConfig,  # runtimes before apache/tvm 27c2e019 take 5 entries only
             relax.transform.FuseTransposeMatmul(),
             *([relax.backend.DispatchSortScan()] if on_gpu else []),  # the sampler's argsort
             # phase 2: lowering and fusion

@@ -18,7 +18,7 @@ from mcpm_mobile.errors import MCPMError
 from mcpm_mobile.model.quantization import QUANTIZATIONS
 from mcpm_mobile.support.output import output_options
 
-STATUS_STYLE = {"fits": "green", "tight": "yellow", "does not fit": "red"}
+STATUS_STYLE = {"fits": "green", "tight": "yellow", "does not fit": "red", "no runtime": "red"}
 
 
 def model_options(func):
@@ -34,7 +34,8 @@ def model_options(func):
         click.option("--runtime", type=click.Choice(["auto", *speed.runtime_names()]), default="auto",
                      show_default=True, help="Runtime to predict speed for; auto: what mcpm-mobile builds (MLC)."),
         click.option("--context", type=click.IntRange(min=1), default=None,
-                     help="Context tokens to reserve KV cache for [default: the artifact's, else 2048]."),
+                     help="Context tokens to reserve KV cache for [default: the artifact's, else 2048 on "
+                          "Android/HarmonyOS and 1024 on iOS]."),
         click.option("--quantization", type=click.Choice(list(QUANTIZATIONS)), default=None,
                      help="For --preset or a Hugging Face checkpoint [default: q4f16_1]."),
         click.option("--preset", type=click.Choice(list(MODEL_PRESETS)), default=None,
@@ -81,12 +82,15 @@ def _tps(x: float | None) -> str:
 
 
 def _measured(v: Verdict) -> str:
-    found = v.speed.measured
-    if not found:
+    lead = v.speed.lead
+    if not lead:
         return ""
-    values = sorted({m.tps for m in found})
-    span = f"{values[0]:g}" if len(values) == 1 else f"{values[0]:g}–{values[-1]:g}"
-    return f"{span} ({', '.join(sorted({m.runtime for m in found}))})"
+    where = "" if lead.where == "this phone" else ", same SoC"
+    return f"{lead.tps:.1f} ({lead.runtime}{where})"
+
+
+def _range(low: float | None, high: float | None) -> str:
+    return "—" if low is None else f"{low:.1f}–{high:.1f}"
 
 
 @click.command("devices")
@@ -117,26 +121,27 @@ def devices_cmd(os_name, min_ram, profile, context, runtime, no_entitlement, as_
     if calibration:
         _show_calibration(cal, out, as_csv)
         return
-    ctx = verdicts[0].context
-    data = {"model": profile.to_dict(), "context": ctx, "runtime": runtime or "auto",
+    ctx = verdicts[0].context if verdicts else profile.default_context
+    data = {"model": profile.to_dict(), "context": context, "runtime": runtime or "auto",
             "phones": [v.to_dict() for v in verdicts]}
     if as_csv:
         click.echo(_devices_csv(verdicts), nl=False)
     elif out.json:
         out.result(data)
     elif not out.quiet:
-        _devices_table(verdicts, profile, ctx, runtime)
+        _devices_table(verdicts, profile, runtime)
 
 
-def _devices_table(verdicts: list[Verdict], profile: ModelProfile, ctx: int, runtime: str | None) -> None:
-    short = min(speed.decode_context(), ctx)
+def _devices_table(verdicts: list[Verdict], profile: ModelProfile, runtime: str | None) -> None:
+    short = speed.decode_context()
     backends = sorted({f"{v.speed.runtime}/{v.speed.backend}" for v in verdicts if v.speed.backend})
-    table = Table(title=f"{profile.name} {profile.quantization} at {ctx} tokens of context; speed for "
-                        f"{', '.join(backends) or runtime}", title_justify="left")
+    contexts = sorted({v.context for v in verdicts})
+    table = Table(title=f"{profile.name} {profile.quantization} at {'/'.join(map(str, contexts))} tokens of context; "
+                        f"speed for {', '.join(backends) or runtime}", title_justify="left")
     for header, justify in [("Phone", "left"), ("OS", "left"), ("SoC", "left"), ("RAM", "right"),
-                            ("Usable GB", "right"), ("Need GB", "right"), ("Verdict", "left"),
-                            ("Margin GB", "right"), ("Max ctx", "right"), (f"tok/s @{short} / @{ctx}", "right"),
-                            ("Roofline", "right"), ("Measured tok/s", "left")]:
+                            ("Usable GB", "right"), ("Need GB", "right"), ("Ctx", "right"), ("Verdict", "left"),
+                            ("Margin GB", "right"), ("Max ctx", "right"), ("Measured tok/s", "left"),
+                            (f"Predicted tok/s @{short}", "right"), ("Roofline", "right")]:
         table.add_column(header, justify=justify)
     extrapolated = corrected = False
     for v in verdicts:
@@ -145,25 +150,27 @@ def _devices_table(verdicts: list[Verdict], profile: ModelProfile, ctx: int, run
         extrapolated |= bool(mark)
         star = "*" if v.phone.corrections else ""
         corrected |= bool(star)
-        pred = (f"{mark}{_tps(v.speed.decode_tps_short)} / {_tps(v.speed.decode_tps)}"
-                if v.speed.decode_tps else "—")
+        pred = f"{mark}{_range(v.speed.decode_low_short, v.speed.decode_high_short)}"
         table.add_row(v.phone.name + star, v.phone.os_label, v.phone.soc.name, f"{v.phone.ram_gb:g} GB",
-                      _gb(v.usable_bytes), _gb(v.need_bytes),
+                      _gb(v.usable_bytes), _gb(v.need_bytes), str(v.context),
                       f"[{STATUS_STYLE[v.status]}]{v.status}[/]", _gb(v.margin_bytes, sign=True),
-                      str(v.max_context), pred, _tps(v.speed.ceiling_tps_short), _measured(v))
+                      str(v.max_context), _measured(v), pred,
+                      "—" if v.speed.below_calibration else _tps(v.speed.ceiling_tps_short))
     console = _console()
     console.print(table)
     lines = [f"Weights {_gb(profile.weight_bytes)} GB ({profile.weight_source}); KV cache "
              f"{profile.kv_bytes_per_token / 1e6:.3f} MB per token; workspace {profile.workspace_bytes / 1e6:.0f} MB "
              f"({profile.workspace_source}).",
              "Usable: iOS jetsam limit with the increased-memory-limit entitlement; Android/HarmonyOS a share of "
-             "physical RAM (no per-app cap). `mcpm-mobile check NAME` shows the basis.",
-             f"Speed: predicted decode at {short} and {ctx} tokens for the runtime shown (default: MLC as "
-             "mcpm-mobile builds it); roofline = peak bandwidth / bytes per token. Measured figures come from "
-             "the runtime named beside them (compare with --runtime).",
-             "Error of the speed model: `mcpm-mobile devices --calibration`."]
+             "physical RAM, and for MLC at most its 4352 MiB OpenCL budget (mlc-llm #2686). `check NAME` shows the "
+             "basis.",
+             f"Measured: the figure measured on this phone (or its SoC) with the runtime shown or a comparable one, "
+             f"scaled to this model by bytes per token. Predicted: the range of the runtime's efficiency on this "
+             f"GPU/CPU class times the roofline (peak bandwidth / bytes per token), at {short} tokens.",
+             "How often the ranges hold: `mcpm-mobile devices --calibration`."]
     if extrapolated:
-        lines.append("~ efficiency extrapolated: no measurement for this GPU/CPU class with this runtime.")
+        lines.append("~ no measurement for this GPU/CPU class with this runtime: a wider range pooled over other "
+                     "classes (see `check`).")
     if corrected:
         lines.append("* the MiniCPM README listed this phone with a wrong spec; corrected (see `check`).")
     for line in lines:
@@ -175,8 +182,8 @@ def _devices_csv(verdicts: list[Verdict]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["phone", "id", "os", "os_version", "soc", "ram_gb", "bandwidth_gbs", "usable_gb", "need_gb",
                      "status", "margin_gb", "max_context", "context", "runtime", "backend", "efficiency",
-                     "extrapolated", "decode_tps_short", "decode_tps", "roofline_tps", "measured_tps",
-                     "measured_runtime"])
+                     "extrapolated", "decode_low_short", "decode_high_short", "decode_tps_short", "decode_tps",
+                     "roofline_tps", "measured_tps", "measured_runtime", "measured_source"])
     for v in verdicts:
         eff = v.speed.efficiency
         measured = v.speed.measured
@@ -185,8 +192,10 @@ def _devices_csv(verdicts: list[Verdict]) -> str:
             v.phone.bandwidth_gbs, f"{v.usable_bytes / 1e9:.3f}", f"{v.need_bytes / 1e9:.3f}", v.status,
             f"{v.margin_bytes / 1e9:.3f}", v.max_context, v.context, v.speed.runtime, v.speed.backend or "",
             f"{eff.value:.4f}" if eff else "", eff.extrapolated if eff else "",
+            _csv_num(v.speed.decode_low_short), _csv_num(v.speed.decode_high_short),
             _csv_num(v.speed.decode_tps_short), _csv_num(v.speed.decode_tps), _csv_num(v.speed.ceiling_tps_short),
-            ";".join(f"{m.tps:g}" for m in measured), ";".join(m.runtime for m in measured)])
+            ";".join(f"{m.tps:.2f}" for m in measured), ";".join(m.runtime for m in measured),
+            ";".join(m.source for m in measured)])
     return buf.getvalue()
 
 
@@ -212,59 +221,105 @@ def _show_calibration(cal: speed.Calibration, out, as_csv: bool) -> None:
     if out.quiet:
         return
     console = _console()
-    table = Table(title=f"Speed model on the measured rows (decode at {cal.summary['context_tokens']} tokens)",
-                  title_justify="left")
-    for header in ["Device", "SoC", "Runtime/backend", "Class", "Model", "GB/s", "GB/token", "Measured",
-                   "Implied eff", "In-sample", "err", "Leave-one-out", "err"]:
-        table.add_column(header, justify="left" if header in ("Device", "SoC", "Runtime/backend", "Class", "Model")
+    table = Table(title=f"Speed ranges on the measured rows (decode at {cal.summary['context_tokens']} tokens); "
+                        "leave-one-source-out drops every row of a source and refits", title_justify="left")
+    for header in ["Device", "Runtime/backend", "Class", "Model", "Source", "Measured", "Eff",
+                   "Range in sample", "Range without its source", "In?"]:
+        table.add_column(header, justify="left" if header in ("Device", "Runtime/backend", "Class", "Model", "Source")
                          else "right")
     for r in cal.rows:
-        device = r["device"] + (" (dup, not fitted)" if r["excluded"] else "")
-        table.add_row(device, r["soc"], f"{r['runtime']}/{r['backend']}", r["class"],
-                      f"{r['model']} {r['quantization']}", f"{r['bandwidth_gbs']:g}",
-                      f"{r['bytes_per_token'] / 1e9:.2f}", f"{r['measured_tps']:g}", f"{r['implied_efficiency']:.3f}",
-                      _tps(r["in_sample_tps"]), _pct(r["in_sample_error"]), _tps(r["loo_tps"]), _pct(r["loo_error"]))
+        device = r["device"] + (" (not fitted)" if r["excluded"] else "")
+        inside = "—" if r["excluded"] else ("yes" if r["loso_inside"] else "[red]no[/]")
+        table.add_row(device, f"{r['runtime']}/{r['backend']}", r["class"], f"{r['model']} {r['quantization']}",
+                      f"{r['source_id']} ({r['date']})", f"{r['measured_tps']:g}", f"{r['implied_efficiency']:.3f}",
+                      _range(r["in_sample_low"], r["in_sample_high"]), _range(r["loso_low"], r["loso_high"]), inside)
     console.print(table)
-    classes = Table(title="Fitted efficiency per runtime, backend and hardware class", title_justify="left")
-    for header in ["Runtime", "Backend", "Class", "Rows", "Efficiency", "Range"]:
+    classes = Table(title="Efficiency per runtime, backend and hardware class (share of peak bandwidth)",
+                    title_justify="left")
+    for header in ["Runtime", "Backend", "Class", "Devices", "Sources", "Centre", "Measured", "Range shown"]:
         classes.add_column(header)
     for c in cal.classes:
-        classes.add_row(c["runtime"], c["backend"], c["class"], str(c["rows"]), f"{c['efficiency']:.3f}",
-                        f"{c['min']:.3f}–{c['max']:.3f}")
+        classes.add_row(c["runtime"], c["backend"], c["class"], str(c["rows"]), str(c["sources"]),
+                        f"{c['efficiency']:.3f}", f"{c['min']:.3f}–{c['max']:.3f}",
+                        f"{c['low']:.3f}–{c['high']:.3f}")
     console.print(classes)
     s = cal.summary
-    for label, key in [("In-sample", "in_sample"), ("Leave-one-out", "leave_one_out")]:
+    for label, key in [("Leave-one-source-out", "leave_one_source_out"), ("In sample", "in_sample")]:
         e = s[key]
-        console.print(f"{label:14s} over {e['rows']} rows: mean |error| {e['mean_abs_error']:.1%}, median "
-                      f"{e['median_abs_error']:.1%}, max {e['max_abs_error']:.1%}, "
-                      f"RMS log error {e['rms_log_error']:.3f}", highlight=False)
-    if s["rows_without_loo_prediction"]:
-        console.print("No leave-one-out prediction (only row of its runtime/backend): "
-                      + ", ".join(s["rows_without_loo_prediction"]), highlight=False, style="dim")
+        console.print(f"{label}: {e['inside']} of {e['rows']} measured rows ({e['inside_share']:.0%}) inside the "
+                      f"range shown (median range high/low {e['median_range_ratio']:.1f}x); centre error median "
+                      f"{e['median_abs_error']:.0%}, mean {e['mean_abs_error']:.0%}, max {e['max_abs_error']:.0%} "
+                      f"({s['sources']} sources)", highlight=False)
+    if s["outside_loso"]:
+        console.print("Outside the range shown without their source: " + ", ".join(s["outside_loso"]),
+                      highlight=False, style="dim")
+    pre = s["prefill"]
+    console.print(f"Prefill: {pre.get('note') or str(pre['rows']) + ' rows'}"
+                  + (f" (bug reports not used: {', '.join(pre['skipped_bug_reports'])})"
+                     if pre["skipped_bug_reports"] else ""), highlight=False, style="dim")
 
 
 @click.command("check")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--soc", "soc_name", default=None, metavar="CHIP",
+              help='A phone not in the table, by its chip: --soc "Snapdragon 8 Gen 3" --ram 12.')
+@click.option("--ram", type=float, default=None, metavar="GB",
+              help="RAM in GB: with --soc, the phone's; with NAME, one of its RAM options.")
+@click.option("--os", "os_name", type=click.Choice(profiles.OSES), default=None,
+              help="With --soc: the phone's OS [default: iOS for Apple chips, HarmonyOS for Kirin, else Android].")
 @model_options
 @output_options
 @click.pass_context
-def check_cmd(ctx, name, profile, context, runtime, no_entitlement, out):
-    """Will a model run on one phone? Exit 0 if it fits, 1 if not, 2 on bad input.
+def check_cmd(ctx, name, soc_name, ram, os_name, profile, context, runtime, no_entitlement, out):
+    """Will a model run on one phone, in how much memory, how fast?
 
-    NAME is a phone name, alias or model code ("Xiaomi 12 Pro", "xiaomi12pro", HD1900, LE2100, M182Q).
+    NAME is a phone name, alias or model code ("Xiaomi 12 Pro", "xiaomi12pro", "s24+", HD1900, LE2100);
+    a name sold with different chips (Galaxy S24: Exynos or Snapdragon) shows every variant. For a phone
+    not in the table give --soc and --ram instead.
+
+    Exit codes: 0 the model fits (or is tight) at the context asked (every variant); 1 it does not fit
+    (the answer gives the largest context that does) or the runtime cannot run on the phone (an APK on
+    HarmonyOS NEXT); 2 bad input: unknown or ambiguous name or chip,
+    a RAM size the phone is not sold with, an unreadable model.
     """
-    phone = profiles.find_phone(name)
-    v = evaluate(profile, phone, context, None if runtime == "auto" else runtime, not no_entitlement)
-    out.result(v.to_dict(), text=check_text(v))
-    if not v.fits:
+    phones = _phones_for(name, soc_name, ram, os_name)
+    verdicts = [evaluate(profile, p, context, None if runtime == "auto" else runtime, not no_entitlement)
+                for p in phones]
+    if len(verdicts) == 1:
+        out.result(verdicts[0].to_dict(), text=check_text(verdicts[0]))
+    else:
+        out.result({"name": name, "variants": [v.to_dict() for v in verdicts]},
+                   text=f"'{name}' is sold with different chips; each variant:\n\n"
+                        + "\n\n".join(check_text(v) for v in verdicts))
+    if not all(v.fits for v in verdicts):
         ctx.exit(1)
+
+
+def _phones_for(name: str | None, soc_name: str | None, ram: float | None, os_name: str | None) -> list:
+    if soc_name:
+        if name:
+            raise MCPMError("give a phone NAME or --soc, not both")
+        if ram is None:
+            raise MCPMError("--soc needs --ram GB (the phone's memory)")
+        return [profiles.phone_from_soc(profiles.find_soc(soc_name), ram, os_name)]
+    if not name:
+        raise MCPMError("give a phone NAME, or --soc CHIP --ram GB for a phone not in the table")
+    if os_name:
+        raise MCPMError("--os goes with --soc; a named phone has its own OS")
+    phones = profiles.find_phones(name)
+    return [profiles.with_ram(p, ram) for p in phones] if ram is not None else phones
 
 
 def check_text(v: Verdict) -> str:
     p, m, s, prof = v.phone, v.memory, v.speed, v.profile
     a = prof.arch
     short = min(speed.decode_context(), m.context)
-    lines = [f"{p.name} — {p.os_label}, {p.soc.name}, {p.ram_gb:g} GB {p.ram_type}, {p.bandwidth_gbs:g} GB/s peak",
+    apk = {True: ", installs APKs", False: ", installs no APKs"}.get(p.installs_apk, "")
+    others = sorted(set(p.ram_variants_gb) - {p.ram_gb})
+    ram = f" (also sold with {', '.join(f'{r:g}' for r in others)} GB: --ram)" if others else ""
+    lines = [f"{p.name} — {p.os_label}{apk}, {p.soc.name}, {p.ram_gb:g} GB {p.ram_type}{ram}, "
+             f"{p.bandwidth_gbs:g} GB/s peak",
+             f"Bandwidth: {p.bandwidth_basis}",
              f"Model: {prof.describe()}, context {m.context} tokens", "", "Memory"]
     rows = [("weights", m.weights, prof.weight_source),
             (f"KV cache ({m.context} tokens)", m.kv_cache,
@@ -279,23 +334,36 @@ def check_text(v: Verdict) -> str:
     lines.append(f"  {'margin':24s} {_size(m.margin, sign=True):>10s}")
     limit = " (the model's training context)" if m.max_context_limited_by_model else ""
     lines.append(f"  verdict: {v.status.upper()}; largest context that fits: {m.max_context} tokens{limit}")
-    lines += ["", f"Speed ({s.runtime}{'/' + s.backend if s.backend else ''})"]
-    if s.decode_tps is not None:
-        lines.append(f"  decode     {s.decode_tps_short:6.1f} tok/s at {short} tokens, {s.decode_tps:.1f} at "
-                     f"{m.context}  (efficiency {s.efficiency.value:.2f}: {s.efficiency.basis})")
-    else:
-        lines.append(f"  decode     no prediction: {s.note or 'no measured rows for this runtime/backend'}")
-    lines.append(f"  roofline   {s.ceiling_tps_short:6.1f} tok/s at {short} tokens (efficiency 1: peak bandwidth / "
-                 f"{(prof.weights_read_bytes + prof.kv_bytes(short)) / 1e9:.2f} GB per token)")
-    lines.append(f"  prefill    {_tps(s.prefill_tps):>6s} tok/s  ({s.prefill_basis})" if s.prefill_tps
-                 else f"  prefill         —  ({s.prefill_basis})")
+    if v.status == "no runtime":
+        lines.append(f"  {s.note}")
+    elif not v.fits and m.max_context >= 1:
+        lines.append(f"  fits at {m.max_context} tokens or fewer: pass --context {m.max_context}")
+    lines += ["", f"Speed ({s.runtime}{'/' + s.backend if s.backend else ''}), decode at {short} tokens"]
     seen = set()
     for x in s.measured:
-        lines.append(f"  measured   {x.tps:6.1f} tok/s  ({x.runtime}, {x.quantization}; {x.source})")
+        scaled = (f"{x.measured_tps:g} tok/s with {x.model} {x.quantization}, scaled by bytes per token x{x.scale:.2f}"
+                  if x.scale != 1.0 else f"{x.quantization}")
+        other = "" if x.leads else " [another runtime than the one asked]"
+        lines.append(f"  measured   {x.tps:6.1f} tok/s  {x.where}, {x.runtime_label} ({x.runtime_version}){other}; "
+                     f"{scaled}; {x.source}, {x.date}")
         for c in x.corrections:
             if c["readme_said"] not in seen:
                 seen.add(c["readme_said"])
                 lines.append(f"             the README listed {c['field']} '{c['readme_said']}': {c['reason']}")
+    if s.decode_low_short is not None:
+        e = s.efficiency
+        lines.append(f"  predicted  {s.decode_low_short:.1f}-{s.decode_high_short:.1f} tok/s (centre "
+                     f"{s.decode_tps_short:.1f}); {s.decode_low:.1f}-{s.decode_high:.1f} at {m.context} tokens")
+        lines.append(f"             efficiency {e.low:.2f}-{e.high:.2f} of peak bandwidth: {e.basis}")
+    else:
+        lines.append(f"  predicted       —  ({s.note or 'no measured rows for this runtime/backend'})")
+    if s.below_calibration:
+        lines.append("  roofline        —  (bandwidth does not bound a model this small)")
+    else:
+        lines.append(f"  roofline   {s.ceiling_tps_short:6.1f} tok/s (efficiency 1: {p.bandwidth_gbs:g} GB/s peak / "
+                     f"{_size(prof.weights_read_bytes + prof.kv_bytes(short))} per token)")
+    lines.append(f"  prefill    {_tps(s.prefill_tps):>6s} tok/s  ({s.prefill_basis})" if s.prefill_tps
+                 else f"  prefill         —  ({s.prefill_basis})")
     for c in p.corrections:
         lines.append(f"Correction: {c['field']} — the MiniCPM README said '{c['readme_said']}': {c['reason']}")
     lines += [f"Note: {n}" for n in v.notes]

@@ -2,7 +2,8 @@
 
 Usable memory follows devices.md section 3: on iOS the jetsam limit for the phone's RAM (default and
 with the increased-memory-limit entitlement); on Android and HarmonyOS a fraction of physical RAM,
-since there is no per-app cap, only the low-memory killer. The figures live in data/phones.json.
+since there is no per-app cap, only the low-memory killer, and for MLC no more than its measured
+OpenCL budget (4352 MiB, mlc-llm #2686). The figures live in data/phones.json (``app_memory``).
 """
 from __future__ import annotations
 
@@ -44,13 +45,34 @@ class Usable:
     default_bytes: int | None = None  # iOS: the limit without the entitlement
 
 
-def usable_memory(phone: profiles.Phone, ios_entitlement: bool = True) -> Usable:
-    """What one app may use. ``ios_entitlement=False`` judges iPhones by the default jetsam limit."""
+def usable_memory(phone: profiles.Phone, ios_entitlement: bool = True, runtime: str | None = None) -> Usable:
+    """What one app may use. ``ios_entitlement=False`` judges iPhones by the default jetsam limit;
+    ``runtime`` applies that runtime's own memory budget where one is measured (MLC on OpenCL)."""
     usable = _usable(phone)
-    if ios_entitlement or usable.default_bytes is None:
-        return usable
-    return Usable(usable.default_bytes, "default iOS limit (app without the increased-memory-limit entitlement); "
-                  + usable.basis.split("; ", 1)[-1])
+    if not ios_entitlement and usable.default_bytes is not None:
+        usable = Usable(usable.default_bytes, "default iOS limit (app without the increased-memory-limit "
+                        "entitlement); " + usable.basis.split("; ", 1)[-1])
+    cap = runtime_cap(runtime, phone.os)
+    if cap and cap[0] < usable.bytes:
+        usable = Usable(cap[0], f"{cap[1]} (below the {usable.bytes / GB:.2f} GB the OS leaves: {usable.basis})",
+                        usable.default_bytes)
+    return usable
+
+
+def runtime_cap(runtime: str | None, os: str) -> tuple[int, str] | None:
+    """(bytes, basis) of a runtime's own memory budget on ``os``, if one is measured."""
+    caps = profiles.app_memory().get("runtime_caps", {})
+    cap = caps.get(runtime or "")
+    if cap and "same_as" in cap:
+        cap = caps[cap["same_as"]]
+    if not cap or os not in cap["oses"]:
+        return None
+    return cap["mib"] << 20, cap["basis"]
+
+
+def default_context(os: str) -> int:
+    """Context reserved when neither the artifact nor --context gives one (per OS; see phones.json)."""
+    return profiles.app_memory()["default_context"][os]
 
 
 def _usable(phone: profiles.Phone) -> Usable:
@@ -112,8 +134,8 @@ class MemoryFit:
 
 
 def memory_fit(profile: "ModelProfile", phone: profiles.Phone, context: int,
-               ios_entitlement: bool = True) -> MemoryFit:
-    usable = usable_memory(phone, ios_entitlement)
+               ios_entitlement: bool = True, runtime: str | None = None) -> MemoryFit:
+    usable = usable_memory(phone, ios_entitlement, runtime)
     overhead = runtime_overhead_bytes()
     fixed = profile.weight_bytes + profile.workspace_bytes + overhead
     room = max(usable.bytes - fixed, 0) // profile.kv_bytes_per_token

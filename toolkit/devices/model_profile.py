@@ -29,8 +29,9 @@ CHAT_CONFIG = chat_config.FILENAME
 SEARCH_DEPTH = 3
 LIBRARY_SUFFIXES = (".tar.gz", ".tar", ".so", ".a", ".dylib", ".wasm", ".dll")
 
-# MiniCPM-2B: mlc-llm model_preset.py `minicpm_2b`; MiniCPM-1B: openbmb/MiniCPM-1B-sft-bf16
-# config.json. Both were trained with a 4096-token context.
+# The one preset table (issue 17 item 8): dimensions from each release's config.json, with the source in
+# PRESET_SOURCES and the fields no stored source confirmed in PRESET_UNVERIFIED. The realckpt stand-ins
+# must reproduce these numbers.
 MODEL_PRESETS = {
     "minicpm-2b": dict(vocab_size=122753, hidden_size=2304, num_hidden_layers=40, num_attention_heads=36,
                        num_key_value_heads=36, intermediate_size=5760, tie_word_embeddings=True,
@@ -38,7 +39,29 @@ MODEL_PRESETS = {
     "minicpm-1b": dict(vocab_size=73440, hidden_size=1536, num_hidden_layers=52, num_attention_heads=24,
                        num_key_value_heads=8, intermediate_size=3840, tie_word_embeddings=True,
                        max_position_embeddings=4096),
+    "minicpm4-8b": dict(vocab_size=73448, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                        num_key_value_heads=2, intermediate_size=16384, tie_word_embeddings=False,
+                        max_position_embeddings=32768),
+    "minicpm4.1-8b": dict(vocab_size=73448, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=2, intermediate_size=16384, tie_word_embeddings=False,
+                          max_position_embeddings=32768),
 }
+PRESET_SOURCES = {
+    "minicpm-2b": "mlc-llm python/mlc_llm/model/model_preset.py minicpm_2b (devices.md section 3a); "
+                  "huggingface.co/openbmb/MiniCPM-2B-dpo-bf16 config.json",
+    "minicpm-1b": "huggingface.co/openbmb/MiniCPM-1B-sft-bf16 config.json (as mirrored by PrunaAI and "
+                  "ProSparse-MiniCPM-1B configs: 52 layers, 24 heads, 8 KV heads, vocab 73440)",
+    "minicpm4-8b": "huggingface.co/openbmb/MiniCPM4-8B config.json (refs/pr/9): hidden 4096, 32 layers, 32 heads, "
+                   "2 KV heads, intermediate 16384, max_position_embeddings 32768",
+    "minicpm4.1-8b": "taken as MiniCPM4-8B's dimensions: MiniCPM4.1-8B is the same architecture retrained "
+                     "(not confirmed against its own config.json)",
+}
+PRESET_UNVERIFIED = {
+    "minicpm4-8b": ("vocab_size", "tie_word_embeddings"),
+    "minicpm4.1-8b": ("vocab_size", "tie_word_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "intermediate_size", "max_position_embeddings"),
+}
+# MiniCPM4-0.5B has no preset: its config.json was not found in any stored source.
 
 
 def quantization_named(name: str) -> Quantization:
@@ -144,6 +167,10 @@ class ModelProfile:
     def default_context(self) -> int:
         return self.context_window or min(2048, self.max_context)
 
+    def context_for(self, os: str) -> int:
+        """The context to judge a phone at: the artifact's own, else the per-OS default (see memory.py)."""
+        return self.context_window or min(memory.default_context(os), self.max_context)
+
     def describe(self) -> str:
         size = f"{self.weight_bytes / 1e9:.2f} GB" if self.weight_bytes >= 1e8 else f"{self.weight_bytes / 1e6:.2f} MB"
         return f"{self.name} {self.quantization} ({size} weights, {self.weight_source})"
@@ -172,7 +199,11 @@ class ModelProfile:
     def from_preset(cls, name: str, quantization: str = DEFAULT) -> "ModelProfile":
         if name not in MODEL_PRESETS:
             raise MCPMError(f"unknown preset '{name}'; choose one of {', '.join(MODEL_PRESETS)}")
-        return cls.from_arch(Arch(**MODEL_PRESETS[name]), quantization, name)
+        profile = cls.from_arch(Arch(**MODEL_PRESETS[name]), quantization, name)
+        if PRESET_UNVERIFIED.get(name):
+            profile.notes.append(f"preset {name}: {', '.join(PRESET_UNVERIFIED[name])} not confirmed in a stored "
+                                 f"source ({PRESET_SOURCES[name]})")
+        return profile
 
     @classmethod
     def from_config(cls, config: MiniCPMConfig, quantization: str, model_dir: Path) -> "ModelProfile":

@@ -1,4 +1,4 @@
-"""``devices --plot``: measured vs predicted decode speed, and memory need vs usable memory, in one PNG."""
+"""``devices --plot``: measured decode speed against the ranges shown, and memory need vs usable memory, in one PNG."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ from mcpm_mobile.devices.speed import Calibration
 from mcpm_mobile.devices.verdict import Verdict
 from mcpm_mobile.errors import MCPMError, fail
 
-STATUS_COLORS = {"fits": "#2e7d32", "tight": "#f9a825", "does not fit": "#c62828"}
+STATUS_COLORS = {"fits": "#2e7d32", "tight": "#f9a825", "does not fit": "#c62828", "no runtime": "#6d4c41"}
 RUNTIME_COLORS = ["#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#4e342e", "#ad1457", "#558b2f"]
 
 
@@ -20,14 +20,14 @@ def draw(path: Path, verdicts: list[Verdict], cal: Calibration, profile: ModelPr
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    rows = [r for r in cal.rows if not r["excluded"]]
+    rows = speed_rows(cal)
     height = max(7.0, 0.3 * max(len(rows), len(verdicts)) + 2.0)
     fig, (left, right) = plt.subplots(1, 2, figsize=(17, height), dpi=100,
                                       gridspec_kw={"width_ratios": [1.05, 1], "wspace": 0.6})
     _speed_panel(left, rows, cal.summary)
     _memory_panel(right, verdicts, profile)
-    ctx = verdicts[0].context if verdicts else profile.default_context
-    fig.suptitle(f"mcpm-mobile device profiles: {profile.name} {profile.quantization}, {ctx}-token context",
+    contexts = "/".join(str(c) for c in sorted({v.context for v in verdicts})) or str(profile.default_context)
+    fig.suptitle(f"mcpm-mobile device profiles: {profile.name} {profile.quantization}, {contexts}-token context",
                  fontsize=14, fontweight="bold")
     try:
         fig.savefig(path, bbox_inches="tight")
@@ -37,38 +37,44 @@ def draw(path: Path, verdicts: list[Verdict], cal: Calibration, profile: ModelPr
         plt.close(fig)
 
 
+def speed_rows(cal: Calibration) -> list[dict]:
+    """The fitted rows the speed panel draws, each with the range shown without its own source."""
+    return sorted((r for r in cal.rows if not r["excluded"]), key=lambda r: (r["runtime"], r["measured_tps"]))
+
+
 def _speed_panel(ax, rows: list[dict], summary: dict) -> None:
-    """Per measured row: roofline bar (efficiency 1), leave-one-out prediction, and the measurement."""
+    """Per measured row: roofline bar, the range shown without the row's source (bar), and the measurement."""
     from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
-    rows = sorted(rows, key=lambda r: (r["runtime"], r["measured_tps"]))
     runtimes = sorted({r["runtime"] for r in rows})
     color = {rt: RUNTIME_COLORS[i % len(RUNTIME_COLORS)] for i, rt in enumerate(runtimes)}
     ys = range(len(rows))
-    ax.barh(ys, [r["roofline_tps"] for r in rows], color="#e0e0e0", height=0.7, label="roofline (efficiency 1)")
+    ax.barh(ys, [r["roofline_tps"] for r in rows], color="#eeeeee", height=0.8, label="roofline (efficiency 1)")
     for y, r in zip(ys, rows):
         c = color[r["runtime"]]
-        if r["loo_tps"]:
-            ax.plot([r["loo_tps"], r["measured_tps"]], [y, y], color=c, lw=1, alpha=0.6)
-            ax.plot(r["loo_tps"], y, "o", mfc="white", mec=c, ms=7, mew=1.6)
-        ax.plot(r["measured_tps"], y, "D", color=c, ms=6)
+        if r["loso_low"] is not None:
+            ax.barh(y, r["loso_high"] - r["loso_low"], left=r["loso_low"], height=0.45, color=c, alpha=0.3)
+        if r["in_sample_low"] is not None:
+            ax.plot([r["in_sample_low"], r["in_sample_high"]], [y, y], color=c, lw=2.2, solid_capstyle="butt")
+        ax.plot(r["measured_tps"], y, "D", color="black" if r["loso_inside"] else "#c62828", ms=5)
     ax.set_yticks(list(ys))
     ax.set_yticklabels([f"{r['device']} · {r['model']}" for r in rows], fontsize=8)
     for tick, r in zip(ax.get_yticklabels(), rows):
         tick.set_color(color[r["runtime"]])
     ax.set_xscale("log")
     top = max(r["roofline_tps"] for r in rows) if rows else 10
-    ax.set_xlim(0.8, top * 1.15)
-    ax.xaxis.set_major_locator(FixedLocator([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if t < top * 1.15]))
+    ax.set_xlim(0.3, top * 1.15)
+    ax.xaxis.set_major_locator(FixedLocator([t for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
+                                             if t < top * 1.15]))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("decode tokens/s (log scale)")
-    loo = summary["leave_one_out"]
-    ax.set_title(f"Decode speed: measured (◆) vs predicted leave-one-out (○)\n"
-                 f"leave-one-out error: median {loo['median_abs_error']:.0%}, mean {loo['mean_abs_error']:.0%} "
-                 f"over {loo['rows']} rows", fontsize=11)
+    loso = summary["leave_one_source_out"]
+    ax.set_title(f"Decode speed: measured (◆, red if outside) vs the range shown\n"
+                 f"dark line: range in sample; light bar: range without the row's source "
+                 f"({loso['inside']}/{loso['rows']} = {loso['inside_share']:.0%} inside)", fontsize=10)
     handles = [plt_patch(color[rt], rt) for rt in runtimes]
-    handles.append(plt_patch("#e0e0e0", "roofline (efficiency 1)"))
+    handles.append(plt_patch("#eeeeee", "roofline (efficiency 1)"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=4, fontsize=8)
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.set_ylim(-0.7, len(rows) - 0.3)
@@ -95,7 +101,8 @@ def _memory_panel(ax, verdicts: list[Verdict], profile: ModelProfile) -> None:
                 label="iOS default limit (no entitlement)")
     xmax = max((v.usable_bytes / gb for v in verdicts), default=1.0)
     for y, v in zip(ys, verdicts):
-        tps = f", ~{v.decode_tps:.0f} tok/s" if v.decode_tps else ""
+        s = v.speed
+        tps = f", {s.decode_low_short:.1f}-{s.decode_high_short:.1f} tok/s" if s.decode_low_short is not None else ""
         ax.text(max(v.usable_bytes, v.need_bytes) / gb + 0.08, y, f"{v.status}{tps}", va="center", fontsize=7.5,
                 color=STATUS_COLORS[v.status])
     ax.set_yticks(list(ys))

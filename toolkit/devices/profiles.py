@@ -1,11 +1,15 @@
-"""Device data (SoCs, phones, measured speeds) from the JSON files in ``data/``, and phone lookup by name.
+"""Device data (SoCs, phones, measured speeds) from the JSON files in ``data/``, and lookup by name.
 
-Names are matched after folding case and dropping spaces and punctuation, so "xiaomi12pro",
-"Xiaomi 12 Pro", "2201122C" and "Oneplus LE 2100" all resolve. Unknown names raise a one-line
-:class:`MCPMError` (exit 2) that lists the closest phones.
+Names are matched after folding case, reading "+" as "plus" and dropping spaces and punctuation, so
+"xiaomi12pro", "Xiaomi 12 Pro", "2201122C", "s24+" and "Oneplus LE 2100" all resolve, while "+", Pro,
+Max, Ultra, FE and Lite models stay distinct: a name matches exactly or not at all. A name shared by
+regional variants with different SoCs (Galaxy S24: Exynos or Snapdragon) resolves to all of them.
+Unknown names raise a one-line :class:`MCPMError` (exit 2) naming phones of the same family and how
+to ask by SoC and RAM instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -88,6 +92,10 @@ class Phone:
     corrections: tuple[dict, ...] = ()
     unverified: tuple[str, ...] = ()
     note: str = ""
+    installs_apk: bool | None = None  # HarmonyOS NEXT: False
+    model: str | None = None  # regional variants of one model share this key
+    variant: str = ""
+    memory_mts: int | None = None  # the phone's own memory speed where a source gives it (else the SoC's)
 
     @property
     def ram_bytes(self) -> int:
@@ -95,11 +103,22 @@ class Phone:
 
     @property
     def memory(self) -> MemoryOption:
-        return self.soc.memory_option(self.ram_type)
+        option = self.soc.memory_option(self.ram_type)
+        if self.memory_mts and self.memory_mts != option.mts:
+            return MemoryOption(option.type, self.memory_mts, option.bus_bits,
+                                round(option.bus_bits / 8 * self.memory_mts / 1000, 1))
+        return option
 
     @property
     def bandwidth_gbs(self) -> float:
         return self.memory.peak_gbs
+
+    @property
+    def bandwidth_basis(self) -> str:
+        if self.memory_mts:
+            return f"{self.memory.type}-{self.memory.mts} as shipped in this phone"
+        return (f"{self.memory.type}-{self.memory.mts}, the fastest the {self.soc.name} supports with this memory "
+                "type; the phone's own memory speed is not recorded")
 
     @property
     def os_label(self) -> str:
@@ -123,6 +142,10 @@ class Measurement:
     exclude_from_fit: str | None = None
     readme_row: dict | None = None
     corrections: tuple[dict, ...] = ()
+    source_id: str = ""
+    date: str = ""
+    runtime_version: str = ""
+    bug_report: str | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -184,7 +207,8 @@ def phones() -> dict[str, Phone]:
             aliases=tuple(p.get("aliases", ())), model_codes=tuple(p.get("model_codes", ())),
             ram_variants_gb=tuple(p.get("ram_variants_gb", ())), readme_name=p.get("readme_name"),
             corrections=tuple(p.get("corrections", ())), unverified=tuple(p.get("unverified", ())),
-            note=p.get("note", ""))
+            note=p.get("note", ""), installs_apk=p.get("installs_apk"), model=p.get("model"),
+            variant=p.get("variant", ""), memory_mts=p.get("memory_mts"))
     return out
 
 
@@ -203,7 +227,8 @@ def measurements() -> tuple[Measurement, ...]:
             soc=None if phone else soc_table[m["soc"]], device=m.get("device", ""),
             prefill_tps=m.get("prefill_tps"), weights_read_bytes=m.get("weights_read_bytes"),
             exclude_from_fit=m.get("exclude_from_fit"), readme_row=m.get("readme_row"),
-            corrections=tuple(m.get("corrections", ())), raw=m))
+            corrections=tuple(m.get("corrections", ())), source_id=m["source_id"], date=str(m["date"]),
+            runtime_version=m["runtime_version"], bug_report=m.get("bug_report"), raw=m))
     return tuple(out)
 
 
@@ -223,27 +248,60 @@ def select(os: str | None = None, min_ram_gb: float | None = None) -> list[Phone
 
 
 def _fold(text: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", text.lower())
+    return re.sub(r"[^0-9a-z]", "", text.lower().replace("+", "plus"))
+
+
+def _base(name: str) -> str:
+    """The marketing name without a trailing "(variant)": "Samsung Galaxy S24 (Exynos)" -> "Samsung Galaxy S24"."""
+    return re.sub(r"\s*\([^)]*\)\s*$", "", name)
+
+
+def _names(p: Phone) -> list[str]:
+    """The ways users type a phone: full name, without brand, Samsung without "Galaxy", aliases, codes."""
+    out = [p.name, p.readme_name, *p.aliases, *p.model_codes]
+    for name in {p.name, _base(p.name)} if p.model else {p.name}:
+        short = name[len(p.brand) + 1:] if name.lower().startswith(p.brand.lower() + " ") else name
+        out += [name, short, f"{p.brand} {short}"]
+        if short.lower().startswith("galaxy "):
+            out += [short[len("galaxy "):], f"{p.brand} {short[len('galaxy '):]}"]
+        if p.brand == "Xiaomi" and short.lower().startswith("redmi "):
+            out.append(short)
+    out += [f"{p.brand} {code}" for code in p.model_codes]
+    return [n for n in out if n]
 
 
 @functools.lru_cache(maxsize=None)
 def _name_index() -> dict[str, frozenset[str]]:
     keys: dict[str, set[str]] = {}
-
-    def add(text, pid):
-        if text and _fold(text):
-            keys.setdefault(_fold(text), set()).add(pid)
-
     for p in phones().values():
-        for text in (p.name, p.readme_name, *p.aliases, *p.model_codes):
-            add(text, p.id)
-        for code in p.model_codes:
-            add(f"{p.brand} {code}", p.id)
-        if p.name.lower().startswith(p.brand.lower() + " "):
-            add(p.name[len(p.brand) + 1:], p.id)
-        else:
-            add(f"{p.brand} {p.name}", p.id)
+        for text in _names(p):
+            if _fold(text):
+                keys.setdefault(_fold(text), set()).add(p.id)
     return {k: frozenset(v) for k, v in keys.items()}
+
+
+def _common(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def same_family(name: str, n: int = 5) -> list[str]:
+    """Phones of the same family as ``name``: those sharing its longest name prefix, most similar first."""
+    key = _fold(name)
+    index, table = _name_index(), phones()
+    best = max((_common(k, key) for k in index), default=0)
+    if best < 4:
+        return closest(name, n)
+    family = [k for k in index if _common(k, key) == best]
+    family.sort(key=lambda k: -difflib.SequenceMatcher(None, k, key).ratio())
+    found: list[str] = []
+    for k in family:
+        for pid in sorted(index[k]):
+            if table[pid].name not in found:
+                found.append(table[pid].name)
+    return found[:n]
 
 
 def closest(name: str, n: int = 3) -> list[str]:
@@ -258,17 +316,83 @@ def closest(name: str, n: int = 3) -> list[str]:
     return found[:n]
 
 
-def find_phone(name: str) -> Phone:
-    """Resolve a phone by name, alias, model code (e.g. HD1900, LE2100, M182Q) or case/spacing variant."""
+SOC_HINT = "or ask by chip and memory: mcpm-mobile check --soc \"Snapdragon 8 Gen 3\" --ram 12"
+
+
+def find_phones(name: str) -> list[Phone]:
+    """Every phone ``name`` stands for: one, or the regional variants of one model (never a guess)."""
     key = _fold(name or "")
     if not key:
         raise MCPMError("empty phone name; `mcpm-mobile devices` lists the known phones")
     hits = _name_index().get(key)
-    if hits and len(hits) == 1:
-        return phones()[next(iter(hits))]
     if hits:
-        names = ", ".join(sorted(phones()[h].name for h in hits))
+        found = sorted((phones()[h] for h in hits), key=lambda p: p.id)
+        if len(found) == 1 or len({p.model for p in found} - {None}) == 1 and all(p.model for p in found):
+            return found
+        names = ", ".join(p.name for p in found)
         raise MCPMError(f"'{name}' matches several phones: {names}; use the full name")
-    near = closest(name)
-    hint = f"; closest: {', '.join(near)}" if near else "; `mcpm-mobile devices` lists the known phones"
-    raise MCPMError(f"unknown phone '{name}'{hint}")
+    near = same_family(name)
+    hint = f"; phones of that family: {', '.join(near)}" if near else ""
+    by_name = {p.name: p for p in phones().values()}
+    newest = max((by_name[n] for n in near), key=lambda p: p.year, default=None)
+    soc_hint = (f'or ask by chip and memory: mcpm-mobile check --soc "{newest.soc.name}" --ram {newest.ram_gb:g}'
+                if newest else SOC_HINT)
+    raise MCPMError(f"unknown phone '{name}'{hint}; `mcpm-mobile devices` lists the known phones, {soc_hint}")
+
+
+def find_phone(name: str) -> Phone:
+    """Resolve one phone by name, alias, model code (HD1900, LE2100, M182Q) or case/spacing variant.
+
+    A name shared by regional variants raises MCPMError naming them; :func:`find_phones` returns all.
+    """
+    found = find_phones(name)
+    if len(found) > 1:
+        raise MCPMError(f"'{name}' is sold with different chips: "
+                        + "; ".join(f"{p.name} ({p.soc.name})" for p in found) + "; name one of them")
+    return found[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _soc_index() -> dict[str, str]:
+    out = {}
+    for s in socs().values():
+        for text in (s.id, s.name, *s.aliases, s.vendor + " " + s.name):
+            out.setdefault(_fold(text), s.id)
+    return out
+
+
+def find_soc(name: str) -> Soc:
+    """A SoC by name or alias ("snapdragon 8 gen 3", "SM8650", "A17 Pro", "dimensity9300")."""
+    key = _fold(name or "")
+    hit = _soc_index().get(key)
+    if hit:
+        return socs()[hit]
+    near = difflib.get_close_matches(key, list(_soc_index()), n=6, cutoff=0.5)
+    names = list(dict.fromkeys(socs()[_soc_index()[k]].name for k in near))[:4]
+    hint = f"; closest: {', '.join(names)}" if names else ""
+    raise MCPMError(f"unknown SoC '{name}'{hint}")
+
+
+def phone_from_soc(soc: Soc, ram_gb: float, os: str | None = None) -> Phone:
+    """A phone not in the table, described by its SoC and RAM (fastest memory the SoC supports)."""
+    default = "ios" if soc.vendor == "Apple" else ("harmonyos" if soc.vendor == "HiSilicon" else "android")
+    os = os or default
+    if (os == "ios") != (soc.vendor == "Apple"):
+        raise MCPMError(f"the {soc.name} does not run {OS_LABELS[os]}")
+    if ram_gb <= 0:
+        raise MCPMError(f"--ram must be a positive number of GB (got {ram_gb:g})")
+    mem = soc.memory[0]
+    return Phone(id=f"soc:{soc.id}:{ram_gb:g}", name=f"a {soc.name} phone with {ram_gb:g} GB", brand="", soc=soc,
+                 ram_gb=ram_gb, ram_type=mem.type, os=os, os_version="", year=0,
+                 source=f"--soc {soc.name} --ram {ram_gb:g}: SoC data, {mem.type} at {mem.peak_gbs:g} GB/s assumed "
+                        "(the fastest memory it supports)",
+                 unverified=("ram_type",))
+
+
+def with_ram(phone: Phone, ram_gb: float) -> Phone:
+    """The same phone in another of its RAM options."""
+    options = sorted(set(phone.ram_variants_gb) | {phone.ram_gb})
+    if ram_gb not in options:
+        raise MCPMError(f"{phone.name} comes with {' or '.join(f'{r:g}' for r in options)} GB; "
+                        f"--ram {ram_gb:g} is not one of them")
+    return dataclasses.replace(phone, ram_gb=ram_gb)

@@ -23,7 +23,16 @@ def defined_symbols(obj: bytes) -> list[str]:
     raise ValueError("not an ELF64 or Mach-O 64 object")
 
 
-def _elf_symbols(obj: bytes) -> list[str]:
+def undefined_symbols(obj: bytes) -> list[str]:
+    """Global symbols an object needs from elsewhere (the runtime it is linked into)."""
+    if obj[:4] == ELF_MAGIC:
+        return _elf_symbols(obj, defined=False)
+    if obj[:4] == MACHO_MAGIC:
+        return _macho_symbols(obj, defined=False)
+    raise ValueError("not an ELF64 or Mach-O 64 object")
+
+
+def _elf_symbols(obj: bytes, defined: bool = True) -> list[str]:
     shoff, = struct.unpack_from("<Q", obj, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", obj, 0x3A)
     sections = [struct.unpack_from("<IIQQQQIIQQ", obj, shoff + i * shentsize) for i in range(shnum)]
@@ -34,13 +43,13 @@ def _elf_symbols(obj: bytes) -> list[str]:
         str_off = sections[link][4]
         for i in range(size // entsize):
             st_name, st_info, _, st_shndx = struct.unpack_from("<IBBH", obj, off + i * entsize)
-            if st_info >> 4 in (1, 2) and st_shndx != 0:  # GLOBAL/WEAK and defined
+            if st_info >> 4 in (1, 2) and (st_shndx != 0) == defined and st_name:  # GLOBAL/WEAK
                 end = obj.index(b"\0", str_off + st_name)
                 names.append(obj[str_off + st_name:end].decode())
     return names
 
 
-def _macho_symbols(obj: bytes) -> list[str]:
+def _macho_symbols(obj: bytes, defined: bool = True) -> list[str]:
     ncmds, = struct.unpack_from("<I", obj, 16)
     pos, names = 32, []
     for _ in range(ncmds):
@@ -49,7 +58,7 @@ def _macho_symbols(obj: bytes) -> list[str]:
             symoff, nsyms, stroff, _ = struct.unpack_from("<IIII", obj, pos + 8)
             for i in range(nsyms):
                 n_strx, n_type = struct.unpack_from("<IB", obj, symoff + 16 * i)
-                if n_type & 0x01 and n_type & 0x0E == 0x0E:  # N_EXT and N_SECT
+                if n_type & 0x01 and (n_type & 0x0E == (0x0E if defined else 0)):  # N_EXT, N_SECT / N_UNDF
                     end = obj.index(b"\0", stroff + n_strx)
                     names.append(obj[stroff + n_strx:end].decode())
         pos += cmdsize
