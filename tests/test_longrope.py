@@ -223,21 +223,11 @@ def test_onnxruntime_matches_reference(name, tiny_dir, tmp_path):
 def test_onnxruntime_genai_greedy_matches_reference(name, tiny_dir, tmp_path):
     """onnxruntime-genai runs the exported directory as it is (its config carries no RoPE settings): greedy
     tokens equal the reference's (repetition penalty off: genai applies generation_config's 1.02 otherwise)."""
-    import onnxruntime_genai as og
-
-    from test_onnx import _hf_weights
+    from test_onnx import _genai_greedy, _hf_weights
 
     cfg = _cfg(tiny_dir, name)
     out = export_onnx(tiny_dir(name), tmp_path / "onnx", 32, 1)["output"]
-    model = og.Model(str(out))
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(IDS) + 12, repetition_penalty=1.0)
-    gen = og.Generator(model, params)
-    gen.append_tokens(np.array(IDS, np.int32))
-    tokens = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        tokens.append(int(gen.get_next_tokens()[0]))
+    tokens = _genai_greedy(out, IDS, 12, repetition_penalty=1.0)
     assert len(tokens) >= 4
     assert tokens == ReferenceMiniCPM(cfg, _hf_weights(out, cfg)).greedy(IDS, len(tokens))
 
