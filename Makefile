@@ -5,10 +5,12 @@ BIN    := $(VENV)/bin
 DEMO   := build/demo
 JOBS   ?= 2
 
-.PHONY: venv sysdeps demo test bench clean
+.PHONY: venv sysdeps demo test bench bench-bin clean
 
-# Debian packages the OpenCL checks need: clang (OpenCL C -> SPIR) and PoCL (an OpenCL CPU device).
-SYSPKGS := clang pocl-opencl-icd ocl-icd-opencl-dev
+# Debian packages the checks need: clang (OpenCL C -> SPIR) and PoCL (an OpenCL CPU device) for the OpenCL
+# checks; kotlinc and Gson to run our transcription of MLCChat's config loader; aapt and zipalign for the APK checks.
+SYSPKGS := clang pocl-opencl-icd ocl-icd-opencl-dev kotlin libgoogle-gson-java aapt zipalign
+SYSCMDS := clang kotlinc aapt zipalign
 
 $(BIN)/mcpm-mobile: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +21,8 @@ $(BIN)/mcpm-mobile: pyproject.toml setup.py
 venv: $(BIN)/mcpm-mobile
 
 sysdeps:
-	@if ! command -v clang >/dev/null || ! [ -e /etc/OpenCL/vendors/pocl.icd ]; then \
+	@missing=0; for c in $(SYSCMDS); do command -v $$c >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ] || ! [ -e /etc/OpenCL/vendors/pocl.icd ] || ! [ -e /usr/share/java/gson.jar ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); fi; \
 	fi
@@ -40,6 +43,9 @@ test: sysdeps venv
 
 bench: venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-bin: venv
+	$(BIN)/python bench/bin_input.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV) *.egg-info

@@ -13,6 +13,7 @@ from mcpm_mobile.errors import fail
 from mcpm_mobile.formats import chat_config
 from mcpm_mobile.formats.tensor_cache import TensorCacheWriter
 from mcpm_mobile.formats.weights import Weights
+from mcpm_mobile.model import chat_format
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.param_map import MLCParam, param_plan, stored_shapes
 from mcpm_mobile.model.quantization import ELEMS_PER_WORD, Quantization, get_quantization
@@ -36,10 +37,13 @@ def check_group_size(ckpt: Checkpoint, quant: Quantization) -> None:
 
 
 def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: bool = False,
-             out: Output = Output(), context_window: int | None = None, prefill_chunk: int | None = None) -> Weights:
+             out: Output = Output(), context_window: int | None = None, prefill_chunk: int | None = None,
+             thinking: bool | None = None) -> Weights:
     """Quantize ``ckpt`` into ``out_dir`` (written to a temp dir, renamed at the end).
 
-    The returned weights carry ``summary``: sizes and timing of the run."""
+    The chat format is the checkpoint's (model/chat_format.py); ``thinking`` switches MiniCPM4.1's thinking
+    mode (None: the template's default, on). The returned weights carry ``summary``: sizes and timing of the run."""
+    fmt = chat_format.detect(ckpt.dir, ckpt.config, thinking)
     check_group_size(ckpt, quant)
     start = time.perf_counter()
     with atomic_dir(Path(out_dir), force=force) as tmp:
@@ -52,7 +56,7 @@ def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: 
         files = copy_tokenizer_files(ckpt.dir, tmp)
         generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True)
         cfg = chat_config.build(ckpt.config, quant.name, files, tokenizer_info(tmp / "tokenizer.json"),
-                                generation, context_window, prefill_chunk)
+                                generation, context_window, prefill_chunk, chat_format=fmt)
         (tmp / chat_config.FILENAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
     seconds = time.perf_counter() - start
     weights = Weights(Path(out_dir), cfg, ckpt.config, quant, index)
@@ -68,10 +72,10 @@ def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: 
 
 def quantize_checkpoint(model_dir: Path | str, out_dir: Path | str, quantization: str = "q4f16_1",
                         force: bool = False, out: Output = Output(), context_window: int | None = None,
-                        prefill_chunk: int | None = None) -> dict:
+                        prefill_chunk: int | None = None, thinking: bool | None = None) -> dict:
     """:func:`quantize` from paths and a quantization name; returns the summary."""
     quant = get_quantization(quantization)
-    return quantize(Checkpoint(model_dir), quant, out_dir, force, out, context_window, prefill_chunk).summary
+    return quantize(Checkpoint(model_dir), quant, out_dir, force, out, context_window, prefill_chunk, thinking).summary
 
 
 def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, writer: TensorCacheWriter, advance,

@@ -28,7 +28,9 @@ ONNX_QUANTIZATION = "q4f32_1"  # MatMulNBits block 32 with float32 scales: the s
 
 
 def default_model_id(ckpt: Checkpoint, quantization: str, runtime: str = "mlc") -> str:
-    base = Path(ckpt.config.name_or_path).name or ckpt.dir.resolve().name
+    from mcpm_mobile.model.hub import repo_id_of
+
+    base = Path(ckpt.config.name_or_path or repo_id_of(ckpt.dir) or ckpt.dir.resolve()).name
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "MiniCPM"
     return f"{base}-{quantization}-MLC" if runtime == "mlc" else f"{base}-int4-onnx"
 
@@ -56,7 +58,8 @@ def build(model_dir: Path, target: str, out_dir: Path, quantization: str | None 
           context_window: int | None = None, prefill_chunk: int | None = None, model_id: str | None = None,
           app_id: str | None = None, bundle_weights: bool = False, model_url: str | None = None,
           force: bool = False, commercial: bool = False, license_grant: Path | None = None,
-          model_family: str | None = None, check_device: str | None = None, out: Output = Output()) -> dict:
+          model_family: str | None = None, check_device: str | None = None, thinking: bool | None = None,
+          out: Output = Output()) -> dict:
     from mcpm_mobile import licenses
     from mcpm_mobile.targets.android import package as android
 
@@ -80,6 +83,10 @@ def build(model_dir: Path, target: str, out_dir: Path, quantization: str | None 
     dest = Path(out_dir) / target.name
     info = {"target": target.name, "runtime": runtime, "model_id": model_id, "quantization": quantization,
             "source": {"path": str(Path(model_dir).resolve()), "sha256": ckpt.fingerprint()}, "license": record}
+    from mcpm_mobile.model.hub import repo_id_of
+
+    if repo_id_of(model_dir):  # from the Hugging Face cache: the repo and the commit it was fetched at
+        info["source"]["hub"] = {"repo": repo_id_of(model_dir), "commit": Path(model_dir).resolve().name}
     versions = manifest.tool_versions()
     with atomic_dir(dest, force=force) as stage:
         if runtime == "onnxruntime":
@@ -87,7 +94,7 @@ def build(model_dir: Path, target: str, out_dir: Path, quantization: str | None 
             doc = deploy_docs.onnxruntime(model_id, app_id, versions, layout)
         else:
             layout = _mlc(stage, target, ckpt, quant, model_id, app_id, bundle_weights, model_url,
-                          context_window, prefill_chunk, out)
+                          context_window, prefill_chunk, out, thinking)
             info.update(model_lib=layout["model_lib"], estimated_vram_bytes=layout["vram"],
                         runtime_compat=layout["compat"])
             if "gguf" in layout:
@@ -114,7 +121,8 @@ def build(model_dir: Path, target: str, out_dir: Path, quantization: str | None 
 
 
 def _mlc(stage: Path, target: Target, ckpt: Checkpoint, quant, model_id: str, app_id: str, bundle_weights: bool,
-         model_url: str | None, context_window: int | None, prefill_chunk: int | None, out: Output) -> dict:
+         model_url: str | None, context_window: int | None, prefill_chunk: int | None, out: Output,
+         thinking: bool | None = None) -> dict:
     from mcpm_mobile.compiler import runtime_compat
     from mcpm_mobile.compiler.compile import compile_model
     from mcpm_mobile.compiler.library import model_lib_name
@@ -128,7 +136,8 @@ def _mlc(stage: Path, target: Target, ckpt: Checkpoint, quant, model_id: str, ap
         weights_dir, lib_dir = ios.mlc_paths(stage, model_id)
     else:
         weights_dir, lib_dir = stage / model_id, stage / "lib"
-    weights = quantize(ckpt, quant, weights_dir, out=out, context_window=context_window, prefill_chunk=prefill_chunk)
+    weights = quantize(ckpt, quant, weights_dir, out=out, context_window=context_window, prefill_chunk=prefill_chunk,
+                       thinking=thinking)
     lib_target = get_target(target.library_from) if target.library_from else target
     lib_name = model_lib_name(weights.chat_config, lib_target.key)
     lib_dir.mkdir(parents=True)

@@ -10,7 +10,7 @@ from mcpm_mobile.targets.build import RUNTIMES
 
 
 @click.command("build")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", type=click.Path(path_type=Path), metavar="MODEL_DIR|HUB_ID[@REV]")
 @click.option("--target", required=True, type=click.Choice(PACKAGED),
               help="Phone platform. harmonyos: the Android package (HarmonyOS 2-4 install APKs) plus a GGUF for "
                    "llama.cpp on HarmonyOS NEXT, which has no MLC/TVM runtime.")
@@ -33,12 +33,16 @@ from mcpm_mobile.targets.build import RUNTIMES
 @click.option("--license-grant", type=click.Path(path_type=Path), help="Written authorization to record.")
 @click.option("--model-family", help="Licence family, when it cannot be detected from config.json.")
 @click.option("--check-device", help="Fail unless this phone can run the result.")
+@click.option("--thinking/--no-thinking", default=None,
+              help="MiniCPM4.1's hybrid reasoning in the chat template. [default: the template's, thinking on]")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT/<target>.")
 @output_options
 def build_cmd(model_dir, target, out_dir, out, **options):
     """Quantize, compile and package MODEL_DIR for a phone."""
+    from mcpm_mobile.model.hub import checkpoint_dir
     from mcpm_mobile.targets.build import build
 
+    model_dir = checkpoint_dir(model_dir, out)
     s = build(model_dir, target, out_dir, out=out, **options)
     lines = [f"Built {s['output']} ({s['files']} files, {s['bytes'] / 1e6:.1f} MB, {s['seconds']:.1f} s)"]
     lines += ["Fit on reference phones:"] + [f"  {v['line']}" for v in s.get("fit", [])]

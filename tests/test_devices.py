@@ -166,7 +166,11 @@ def test_minicpm4_presets_from_their_configs():
     assert 4.3e9 < p8.weight_bytes < 4.7e9
     assert any("not confirmed" in n and "tie_word_embeddings" in n for n in p8.notes)
     assert ModelProfile.from_preset("minicpm4.1-8b").weight_bytes == p8.weight_bytes
-    assert "minicpm4-0.5b" not in MODEL_PRESETS  # no stored source gives its config.json
+    assert ModelProfile.from_preset("minicpm4.1-8b").max_context == 65536
+    # MiniCPM4-0.5B: dimensions from a third-party copy of its config.json (docs/checkpoints.md), tie unconfirmed
+    small = ModelProfile.from_preset("minicpm4-0.5b")
+    assert (small.arch.hidden_size, small.arch.num_hidden_layers, small.arch.num_key_value_heads) == (1024, 24, 2)
+    assert any("not confirmed" in n and "tie_word_embeddings" in n for n in small.notes)
 
 
 def test_verdicts_for_known_phones(two_b):

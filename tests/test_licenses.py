@@ -45,6 +45,8 @@ EXPECTED = {
     "baichuan-m1": ("authorization", SEED_001, "opensource.contact@baichuan-inc.com"),
     "aquila": ("unstated", SEED_000, None),
     "minicpm": ("authorization", SEED_002, "cpm@modelbest.cn"),
+    # not in a seed document's list: the Apache text (seed 000) as MiniCPM4/4.1's model cards declare it
+    "minicpm4": ("allowed", SEED_000, None),
 }
 
 # Names a user may type for each family.
@@ -54,6 +56,7 @@ ALIASES = {
     "neural-chat": ["neural-chat", "Intel/neural-chat-7b-v3-2"], "chatglm2": ["ChatGLM2", "THUDM/chatglm2-6b"],
     "belle": ["BELLE", "BelleGroup/BELLE-LLaMA-EXT-13B"], "baichuan2": ["Baichuan 2", "baichuan2"],
     "baichuan-m1": ["Baichuan-M1-14B"], "aquila": ["Aquila", "BAAI/Aquila-7B"], "minicpm": ["MiniCPM", "minicpm-2b"],
+    "minicpm4": ["MiniCPM4", "minicpm4.1", "openbmb/MiniCPM4"],
 }
 
 

@@ -189,7 +189,7 @@ CASES = {
     "truncated": (lambda s: (s / "model.safetensors").write_bytes((s / "model.safetensors").read_bytes()[:-1000]),
                   "truncated"),
     "corrupt_header": (lambda s: (s / "model.safetensors").write_bytes(b"\xff" * 64), "model.safetensors"),
-    "no_weights_bin": (lambda s: ((s / "model.safetensors").rename(s / "pytorch_model.bin")), "safetensors"),
+    "no_weights_bin": (lambda s: ((s / "model.safetensors").rename(s / "pytorch_model.bin")), "not a torch.save zip"),
     "no_config": (lambda s: (s / "config.json").unlink(), "config.json not found"),
     "bad_json": (lambda s: (s / "config.json").write_text("{not json"), "config.json: cannot read JSON"),
 }

@@ -9,6 +9,7 @@ from mcpm_mobile.formats import llmfarm
 from mcpm_mobile.formats.gguf_export import export_gguf
 from mcpm_mobile.formats.mlc_app import APP_CONFIG, ios_app_config
 from mcpm_mobile.formats.weights import Weights
+from mcpm_mobile.model import chat_format
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.support.ar import write_archive
 from mcpm_mobile.support.output import Output
@@ -32,6 +33,7 @@ def package(stage: Path, target: Target, ckpt: Checkpoint, weights: Weights, lib
     name = model_id.removesuffix("-MLC") + f"-{GGUF_TYPE}"
     gguf = stage / target.assets / "models" / f"{name}.gguf"
     summary = export_gguf(ckpt, gguf, GGUF_TYPE, out=out)
+    fmt = chat_format.from_conv_template(weights.chat_config["conv_template"])  # as quantized, thinking included
     llmfarm.write_settings(stage / target.assets, gguf.name, ckpt.config, context=weights.context_window_size,
-                           name=name)
+                           name=name, chat_format=fmt)
     return {"gguf": str(gguf.relative_to(stage)), "gguf_bytes": summary["bytes"], "assets": target.assets}

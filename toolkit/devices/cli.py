@@ -16,7 +16,7 @@ from mcpm_mobile.devices.model_profile import MODEL_PRESETS, ModelProfile, model
 from mcpm_mobile.devices.verdict import Verdict, evaluate
 from mcpm_mobile.errors import MCPMError
 from mcpm_mobile.model.quantization import QUANTIZATIONS
-from mcpm_mobile.support.output import output_options
+from mcpm_mobile.support.output import Output, output_options
 
 STATUS_STYLE = {"fits": "green", "tight": "yellow", "does not fit": "red", "no runtime": "red"}
 
@@ -41,7 +41,7 @@ def model_options(func):
         click.option("--preset", type=click.Choice(list(MODEL_PRESETS)), default=None,
                      help="A known model instead of --model [default: minicpm-2b]."),
         click.option("--model", type=click.Path(path_type=Path), default=None, metavar="DIR|ARTIFACT",
-                     help="Checkpoint, quantized weights, built package directory or compiled library."),
+                     help="Checkpoint (or Hub id org/name[@rev]), quantized weights, built package or compiled library."),
     ]
     for option in options:
         call = option(call)
@@ -52,6 +52,9 @@ def _profile(model: Path | None, preset: str | None, quantization: str | None) -
     if model and preset:
         raise MCPMError("give --model or --preset, not both")
     if model:
+        from mcpm_mobile.model.hub import checkpoint_dir
+
+        model = checkpoint_dir(model, Output(quiet=True), weights=False)
         profile = model_profile_from_path(model, quantization)
         if quantization and profile.quantization != quantization:
             raise MCPMError(f"{model}: the artifact is {profile.quantization}; --quantization {quantization} "

@@ -19,6 +19,7 @@ from mcpm_mobile.formats.weights import Weights
 from mcpm_mobile.model.checkpoint import read_config
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.quantization import DEFAULT, GGUF_TYPES, QUANTIZATIONS, Quantization
+from mcpm_mobile.model.releases import RELEASES
 from mcpm_mobile.support.jsonio import read_json
 
 DEFAULT_PREFILL_CHUNK = 128
@@ -46,6 +47,10 @@ MODEL_PRESETS = {
                           num_key_value_heads=2, intermediate_size=16384, tie_word_embeddings=False,
                           max_position_embeddings=32768),
 }
+# Releases whose dimensions come from model/releases.py (the table the stand-ins use; docs/checkpoints.md)
+MODEL_PRESETS.update({name: RELEASES[release].preset() for name, release in (
+    ("minicpm-2b-128k", "MiniCPM-2B-128k"), ("minicpm4-0.5b", "MiniCPM4-0.5B"))})
+MODEL_PRESETS["minicpm4.1-8b"]["max_position_embeddings"] = RELEASES["MiniCPM4.1-8B"].config["max_position_embeddings"]
 PRESET_SOURCES = {
     "minicpm-2b": "mlc-llm python/mlc_llm/model/model_preset.py minicpm_2b (devices.md section 3a); "
                   "huggingface.co/openbmb/MiniCPM-2B-dpo-bf16 config.json",
@@ -54,14 +59,20 @@ PRESET_SOURCES = {
     "minicpm4-8b": "huggingface.co/openbmb/MiniCPM4-8B config.json (refs/pr/9): hidden 4096, 32 layers, 32 heads, "
                    "2 KV heads, intermediate 16384, max_position_embeddings 32768",
     "minicpm4.1-8b": "taken as MiniCPM4-8B's dimensions: MiniCPM4.1-8B is the same architecture retrained "
-                     "(not confirmed against its own config.json)",
+                     "(not confirmed against its own config.json); max_position_embeddings 65536 as a FastDeploy "
+                     "MiniCPM4.1 loader copies it from config.json (docs/checkpoints.md)",
+    "minicpm-2b-128k": "MiniCPM-2B's dimensions with the vocabulary (127660) and untied head of its model card "
+                       "(huggingface.co/openbmb/MiniCPM-2B-128k); 131072 positions (docs/checkpoints.md)",
+    "minicpm4-0.5b": "a third-party test reproducing its config.json (hidden 1024, 24 layers, 16 heads, 2 KV heads, "
+                     "intermediate 4096, vocab 73448; docs/checkpoints.md)",
 }
 PRESET_UNVERIFIED = {
     "minicpm4-8b": ("vocab_size", "tie_word_embeddings"),
     "minicpm4.1-8b": ("vocab_size", "tie_word_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "num_key_value_heads", "intermediate_size", "max_position_embeddings"),
+    "minicpm-2b-128k": ("max_position_embeddings",),
+    "minicpm4-0.5b": ("tie_word_embeddings", "max_position_embeddings"),
 }
-# MiniCPM4-0.5B has no preset: its config.json was not found in any stored source.
 
 
 def quantization_named(name: str) -> Quantization:

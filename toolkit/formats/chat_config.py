@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.model.chat_format import MINICPM, ChatFormat
 from mcpm_mobile.model.config import MiniCPMConfig
 
 FILENAME = "mlc-chat-config.json"
@@ -18,22 +19,16 @@ REQUIRED = ("model_type", "quantization", "model_config", "vocab_size", "context
             "conv_template", "tokenizer_files")
 
 
-def conv_template(config: MiniCPMConfig) -> dict:
-    """MiniCPM's chat format ``<用户>{prompt}<AI>`` as an MLC Conversation object (BOS via prefix ids)."""
-    return {
-        "name": "minicpm", "system_template": "{system_message}", "system_message": "",
-        "system_prefix_token_ids": [config.bos_token_id], "add_role_after_system_message": True,
-        "roles": {"user": "<用户>", "assistant": "<AI>"},
-        "role_templates": {"user": "{user_message}", "assistant": "{assistant_message}", "tool": "{tool_message}"},
-        "messages": [], "seps": [""], "role_content_sep": "", "role_empty_sep": "",
-        "stop_str": ["<用户>"], "stop_token_ids": config.eos_token_ids,
-        "strip_reasoning_in_history": False, "function_string": "", "use_function_calling": False,
-    }
+def conv_template(config: MiniCPMConfig, fmt: ChatFormat | None = None) -> dict:
+    """The checkpoint's chat format as an MLC Conversation object (BOS via prefix ids); without ``fmt``,
+    MiniCPM 1.x's ``<用户>{prompt}<AI>``."""
+    fmt = fmt or ChatFormat(MINICPM, config.bos_token_id, tuple(config.eos_token_ids))
+    return fmt.mlc_conv_template()
 
 
 def build(config: MiniCPMConfig, quantization: str, tokenizer_files: list[str], tokenizer_info: dict,
           generation: dict | None = None, context_window: int | None = None, prefill_chunk: int | None = None,
-          active_vocab_size: int | None = None) -> dict:
+          active_vocab_size: int | None = None, chat_format: ChatFormat | None = None) -> dict:
     ctx = context_window or min(config.max_position_embeddings, DEFAULT_CONTEXT)
     chunk = min(prefill_chunk or DEFAULT_PREFILL_CHUNK, ctx)
     model_config = config.to_dict()
@@ -48,7 +43,7 @@ def build(config: MiniCPMConfig, quantization: str, tokenizer_files: list[str], 
         "vocab_size": config.vocab_size, "context_window_size": ctx, "sliding_window_size": -1,
         "prefill_chunk_size": chunk, "attention_sink_size": -1, "tensor_parallel_shards": 1,
         "pipeline_parallel_stages": 1, "active_vocab_size": active_vocab_size, **gen,
-        "tokenizer_files": tokenizer_files, "tokenizer_info": tokenizer_info, "conv_template": conv_template(config),
+        "tokenizer_files": tokenizer_files, "tokenizer_info": tokenizer_info, "conv_template": conv_template(config, chat_format),
         "pad_token_id": 0, "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
         "model_task": "chat", "embedding_metadata": None,
     }

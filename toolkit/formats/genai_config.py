@@ -19,15 +19,16 @@ SEARCH_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p":
 
 
 def build(config: MiniCPMConfig, model_file: str, context_length: int, max_length: int,
-          generation: dict | None = None) -> dict:
-    """``context_length``: positions the graph supports; ``max_length``: the KV buffer onnxruntime-genai allocates."""
+          generation: dict | None = None, stop_token_ids: list[int] | None = None) -> dict:
+    """``context_length``: positions the graph supports; ``max_length``: the KV buffer onnxruntime-genai allocates;
+    ``stop_token_ids``: every token that ends a turn (all eos ids, ChatML's <|im_end|>), default the config's eos."""
     search = dict(SEARCH_DEFAULTS)
     for key, default in SEARCH_DEFAULTS.items():
         value = (generation or {}).get(key)
         if isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)
                                                 and not isinstance(value, bool)):
             search[key] = value
-    eos = config.eos_token_ids
+    eos = list(stop_token_ids or config.eos_token_ids)
     return {
         "model": {
             "bos_token_id": config.bos_token_id,

@@ -193,6 +193,8 @@ def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, weight_typ
     w.add_token_types(vocab.types)
     w.add_bos_token_id(vocab.bos_id)
     w.add_eos_token_id(vocab.eos_id)
+    if vocab.eot_id is not None:
+        w.add_eot_token_id(vocab.eot_id)
     if vocab.unk_id is not None:
         w.add_unk_token_id(vocab.unk_id)
     if vocab.pad_id is not None:

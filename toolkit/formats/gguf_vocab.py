@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.model import chat_format
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, load_sp_proto
 
@@ -33,6 +34,7 @@ class Vocab:
     add_eos: bool
     add_space_prefix: bool
     chat_template: str | None
+    eot_id: int | None = None  # end of turn when it is not the eos (ChatML's <|im_end|>)
 
 
 def read_vocab(model_dir: Path, config: MiniCPMConfig) -> Vocab:
@@ -75,7 +77,7 @@ def read_vocab(model_dir: Path, config: MiniCPMConfig) -> Vocab:
         unk_id=spec.unk_id if spec.unk_id >= 0 else None, pad_id=spec.pad_id if spec.pad_id >= 0 else None,
         add_bos=bool(tok_config.get("add_bos_token", True)), add_eos=bool(tok_config.get("add_eos_token", False)),
         add_space_prefix=bool(proto.normalizer_spec.add_dummy_prefix),
-        chat_template=_chat_template(tok_config),
+        chat_template=_chat_template(tok_config), eot_id=chat_format.detect(model_dir, config).eot_token_id,
     )
 
 

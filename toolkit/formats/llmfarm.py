@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.model.chat_format import MINICPM, ChatFormat
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.support.atomic import atomic_file
 
 CHATS_DIR = "chats"
 TEMPLATES_DIR = "model_setting_templates"
-PROMPT_FORMAT = "<用户>{{prompt}}<AI>"  # MiniCPM's chat format; LLMFarm ignores tokenizer.chat_template
-STOP = "<用户>"  # comma-separated reverse prompts; EOS stops generation on its own
+# LLMFarm ignores tokenizer.chat_template: prompt_format and reverse_prompt (comma-separated; EOS stops
+# generation on its own) come from the checkpoint's chat format (model/chat_format.py)
 SAMPLING = {  # suggestions (MiniCPM publishes no official values for llama.cpp)
     "temp": 0.7, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.02, "repeat_last_n": 64, "tfs_z": 1.0,
     "typical_p": 1.0, "mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
@@ -36,9 +37,11 @@ def float32_exact(x: float) -> float:
 
 
 def chat_settings(model_file_name: str, config: MiniCPMConfig, context: int = 2048, name: str = "MiniCPM",
-                  n_batch: int = 512, sampling: dict | None = None, use_metal: bool = True) -> dict:
+                  n_batch: int = 512, sampling: dict | None = None, use_metal: bool = True,
+                  chat_format: ChatFormat | None = None) -> dict:
     """The chat JSON LLMFarm writes for a chat, for ``models/<model_file_name>``."""
     _check_name(name)
+    fmt = chat_format or ChatFormat(MINICPM, config.bos_token_id, tuple(config.eos_token_ids))
     if Path(model_file_name).name != model_file_name or not model_file_name.endswith(".gguf"):
         raise fail(model_file_name, "expected a bare .gguf file name (LLMFarm resolves it in Documents/models/)")
     if not 16 <= context <= config.max_position_embeddings:
@@ -51,7 +54,8 @@ def chat_settings(model_file_name: str, config: MiniCPMConfig, context: int = 20
         raise fail("sampling", f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(SAMPLING)})")
     settings = {
         "title": name, "icon": "ava0", "model": model_file_name, "model_inference": "llama",
-        "model_settings_template": name, "prompt_format": PROMPT_FORMAT, "reverse_prompt": STOP, "skip_tokens": "",
+        "model_settings_template": name, "prompt_format": fmt.llmfarm_prompt_format(),
+        "reverse_prompt": fmt.llmfarm_reverse_prompt(), "skip_tokens": "",
         "warm_prompt": "\n\n\n", "context": context, "n_batch": n_batch, "n_predict": 0, "numberOfThreads": 0,
         **SAMPLING, **(sampling or {}),
         "grammar": "<None>", "use_metal": use_metal, "use_clip_metal": False, "mlock": False, "mmap": True,
@@ -70,10 +74,10 @@ def template_settings(chat: dict) -> dict:
 
 def write_settings(dest_dir: Path, model_file_name: str, config: MiniCPMConfig, context: int = 2048,
                    name: str = "MiniCPM", n_batch: int = 512, sampling: dict | None = None,
-                   use_metal: bool = True) -> list[Path]:
+                   use_metal: bool = True, chat_format: ChatFormat | None = None) -> list[Path]:
     """Write ``chats/<name>.json`` and ``model_setting_templates/<name>.json`` under ``dest_dir``
     (LLMFarm's Documents layout). Returns the two paths."""
-    chat = chat_settings(model_file_name, config, context, name, n_batch, sampling, use_metal)
+    chat = chat_settings(model_file_name, config, context, name, n_batch, sampling, use_metal, chat_format)
     paths = []
     for sub, data in ((CHATS_DIR, chat), (TEMPLATES_DIR, template_settings(chat))):
         path = Path(dest_dir) / sub / f"{name}.json"

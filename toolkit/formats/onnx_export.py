@@ -43,7 +43,7 @@ from onnx import TensorProto, helper
 from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.formats import chat_config, genai_config
 from mcpm_mobile.formats.onnx_weights import BLOCK_SIZES, ExternalData, quantize_blocks
-from mcpm_mobile.model import rope
+from mcpm_mobile.model import chat_format, rope
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.quantization import num_groups
@@ -303,7 +303,8 @@ def export_onnx(ckpt: Checkpoint | Path | str, out_dir: Path, block_size: int = 
         if genai_config.ensure_tokenizer_config(tmp, c):
             files.append(genai_config.TOKENIZER_CONFIG)
         generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True)
-        cfg = genai_config.build(c, MODEL_FILE, context, max_length, generation)
+        stops = chat_format.detect(ckpt.dir, c).stop_token_ids
+        cfg = genai_config.build(c, MODEL_FILE, context, max_length, generation, list(stops))
         (tmp / genai_config.FILENAME).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
         written = sorted(p.name for p in tmp.iterdir())
     seconds = time.perf_counter() - start

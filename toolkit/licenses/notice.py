@@ -50,6 +50,8 @@ def license_record(terms: dict, grant_file: Path | str | None = None, commercial
         **grant_info(grant_file),
         "source": terms["source"],
         "registry_version": terms["registry_version"],
+        **({"declared": terms["declared"]} if terms.get("declared") else {}),
+        **({"declaration_conflict": terms["declaration_conflict"]} if terms.get("declaration_conflict") else {}),
     }
 
 
@@ -62,7 +64,8 @@ def _gate_message(terms: dict) -> str:
     details = f" Details: mcpm-mobile license {terms['family']}" if known else ""
     return (f"commercial use of {subject} {_NEEDS[commercial['status']]} (licence: {terms['license']}).{contact} "
             f"Steps: {steps} Then build again with --commercial --license-grant FILE, FILE being the document that "
-            f"permits commercial use; its SHA-256 is recorded in the manifest.{details}")
+            f"permits commercial use; its SHA-256 is recorded in the manifest.{details}"
+            + (f" {terms['declaration_conflict']}" if terms.get("declaration_conflict") else ""))
 
 
 def check_commercial(terms: dict, grant_file: Path | str | None = None) -> dict:
@@ -222,4 +225,5 @@ def short_notice(terms: dict, record: dict | None = None) -> str:
         contact = f" ({commercial['contact']})" if commercial["contact"] else ""
         second = f"Commercial use: {_NEEDS[status]}{contact}."
     third = f"Terms and duties: {NOTICE} in the package; mcpm-mobile license {terms['family']}"
-    return "\n".join([first, second, third])
+    conflict = [terms["declaration_conflict"]] if terms.get("declaration_conflict") else []
+    return "\n".join([first, second, third, *conflict])

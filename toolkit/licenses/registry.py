@@ -141,11 +141,14 @@ def detect_dir(model_dir: Path | str) -> str | None:
     return detect(read_config(model_dir), Path(model_dir).resolve().name)
 
 
-def resolve(model_dir: Path | str | None = None, family: str | None = None) -> dict:
-    """Terms for a build: ``family`` (e.g. --model-family) wins, else detected from ``model_dir``.
+def resolve(model_dir: Path | str | None = None, family: str | None = None, name_hint: str | None = None) -> dict:
+    """Terms for a build: ``family`` (e.g. --model-family) wins, else detected from ``model_dir`` (its config,
+    its name or ``name_hint`` such as a Hub repo id, and the licence its model card declares).
 
     An unknown ``family`` name is an error (exit 2); an undetectable checkpoint gives ``unknown_terms``.
     """
+    from mcpm_mobile.licenses import declared
+
     if family:
         terms = lookup(family)
         if terms is None:
@@ -155,7 +158,15 @@ def resolve(model_dir: Path | str | None = None, family: str | None = None) -> d
         return terms
     if model_dir is None:
         raise MCPMError("give a checkpoint directory or a model family")
-    found, reason = detect_with_reason(read_config(model_dir), Path(model_dir).resolve().name)
+    config = read_config(model_dir)
+    from mcpm_mobile.model.hub import repo_id_of
+
+    name = name_hint or repo_id_of(model_dir) or Path(model_dir).resolve().name
+    found, reason = detect_with_reason(config, name)
+    declaration = declared.read(Path(model_dir))
+    names = [name, str(config.get("_name_or_path") or "")]
+    if found in (None, "minicpm") and declared.is_minicpm4(config, names, declaration):
+        found, reason = "minicpm4", f"MiniCPM4/4.1 by name or declared licence and vocabulary ({name})"
     terms = family_terms(found) if found else unknown_terms(reason)
     terms["detected_from"] = reason
-    return terms
+    return declared.reconcile(terms, declaration)

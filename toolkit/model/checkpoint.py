@@ -1,4 +1,8 @@
-"""A MiniCPM checkpoint directory in Hugging Face layout, read lazily tensor by tensor."""
+"""A MiniCPM checkpoint directory in Hugging Face layout, read lazily tensor by tensor.
+
+Weights: safetensors when present (what Hugging Face loads first), else PyTorch ``.bin`` (torch.save's zip
+format, read without torch: support/pytorch_bin.py); single files or shards with an index.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +15,16 @@ import numpy as np
 from mcpm_mobile.errors import fail
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.param_map import LM_HEAD, hf_shapes
+from mcpm_mobile.support import pytorch_bin as pt
 from mcpm_mobile.support import safetensors_io as st
 from mcpm_mobile.support.jsonio import read_json
 
 INDEX = "model.safetensors.index.json"
-CONVERT_HINT = ("convert it to safetensors first, e.g. python -c \"from transformers import AutoModelForCausalLM as M; "
-                "M.from_pretrained('DIR', trust_remote_code=True).save_pretrained('DIR', safe_serialization=True)\"")
+BIN_INDEX = "pytorch_model.bin.index.json"
+# (index, single file, shard pattern, reader) in the order Hugging Face prefers them
+LAYOUTS = ((INDEX, "model.safetensors", "*.safetensors", st),
+           (BIN_INDEX, "pytorch_model.bin", "pytorch_model*.bin", pt))
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers older transformers saved into .bin state dicts
 
 
 class Checkpoint:
@@ -37,10 +45,12 @@ class Checkpoint:
         if not self.dir.is_dir():
             raise fail(self.dir, "not a directory (expected a Hugging Face checkpoint directory)")
         config = MiniCPMConfig.from_file(self.dir / "config.json")
-        self.files = self._weight_files()
-        self.tensors: dict[str, st.TensorInfo] = {}
+        self.files, self.format = _weight_files(self.dir)
+        self.tensors: dict[str, st.TensorInfo | pt.TensorInfo] = {}
         for f in self.files:
-            for name, info in st.read_header(f).items():
+            for name, info in self.format.read_header(f).items():
+                if name.endswith(IGNORED_SUFFIXES):
+                    continue
                 if name in self.tensors:
                     raise fail(f, f"tensor '{name}' is also in {self.tensors[name].file.name}")
                 self.tensors[name] = info
@@ -50,29 +60,6 @@ class Checkpoint:
     @property
     def tied(self) -> bool:
         return bool(self.config.tie_word_embeddings)
-
-
-    def _weight_files(self) -> list[Path]:
-        index = self.dir / INDEX
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise fail(index, f"cannot read the shard index: {e}")
-            files = sorted({self.dir / v for v in weight_map.values()})
-            for f in files:
-                if not f.is_file():
-                    raise fail(f, f"listed in {INDEX} but missing")
-            return files
-        single = self.dir / "model.safetensors"
-        if single.is_file():
-            return [single]
-        others = sorted(self.dir.glob("*.safetensors"))
-        if others:
-            return others
-        if list(self.dir.glob("pytorch_model*.bin")):
-            raise fail(self.dir, f"only PyTorch .bin weights found; mcpm-mobile reads safetensors: {CONVERT_HINT}")
-        raise fail(self.dir, "no model.safetensors or model.safetensors.index.json found")
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         return hf_shapes(self.config)
@@ -90,7 +77,7 @@ class Checkpoint:
     def get(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Tensor ``name`` (optionally a row range) as float32, checked for NaN/Inf."""
         info = self.tensors[name]
-        view = st.load(info)
+        view = self.format.load(info)
         if rows is not None:
             view = view[rows]
         arr = view.astype(np.float32)
@@ -104,13 +91,48 @@ class Checkpoint:
         return sum(self.tensors[n].nbytes for n in self.expected_shapes())
 
     def fingerprint(self) -> str:
-        """sha256 over config.json and the safetensors headers: identifies the checkpoint cheaply."""
+        """sha256 over config.json and the tensor headers (.bin: the pickles): identifies the checkpoint cheaply."""
         h = hashlib.sha256((self.dir / "config.json").read_bytes())
         for f in self.files:
+            if self.format is pt:
+                pt.fingerprint(h, f)
+                continue
             with open(f, "rb") as fh:
                 n = int.from_bytes(fh.read(8), "little")
                 h.update(fh.read(n))
         return h.hexdigest()
+
+
+def _weight_files(model_dir: Path) -> tuple[list[Path], object]:
+    """(weight files, reader module): safetensors first, then PyTorch .bin; an index, a single file or shards."""
+    for index_name, single, pattern, reader in LAYOUTS:
+        index = model_dir / index_name
+        if index.is_file():
+            return _shards(model_dir, index), reader
+        if (model_dir / single).is_file():
+            return [model_dir / single], reader
+        found = sorted(model_dir.glob(pattern))
+        if found:
+            return found, reader
+    raise fail(model_dir, "no weights found (model.safetensors, pytorch_model.bin or a sharded index)")
+
+
+def _shards(model_dir: Path, index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = {str(v) for v in weight_map.values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise fail(index, f"cannot read the shard index: {type(e).__name__}")
+    files = []
+    for n in sorted(names):
+        if "/" in n or "\\" in n or n.startswith("."):
+            raise fail(index, f"shard name '{n}' is not a file in the checkpoint directory")
+        if not (model_dir / n).is_file():
+            raise fail(model_dir / n, f"listed in {index.name} but missing")
+        files.append(model_dir / n)
+    if not files:
+        raise fail(index, "the shard index lists no files")
+    return files
 
 
 def with_tied_decided(config: MiniCPMConfig, tensor_names) -> MiniCPMConfig:
@@ -126,9 +148,13 @@ def read_config(model_dir: Path | str) -> MiniCPMConfig:
     need to be there: enough to profile a model)."""
     model_dir = Path(model_dir)
     config = MiniCPMConfig.from_file(model_dir / "config.json")
-    index = model_dir / INDEX
-    if index.is_file():
-        names = read_json(index).get("weight_map", {})
-    else:
-        names = {n for f in sorted(model_dir.glob("*.safetensors")) for n in st.read_header(f)}
+    names: set[str] | dict = set()
+    for index_name, _, pattern, reader in LAYOUTS:
+        if (model_dir / index_name).is_file():
+            names = read_json(model_dir / index_name).get("weight_map", {})
+            break
+        files = sorted(model_dir.glob(pattern))
+        if files:
+            names = {n for f in files for n in reader.read_header(f)}
+            break
     return with_tied_decided(config, names)

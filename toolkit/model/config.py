@@ -13,11 +13,14 @@ from mcpm_mobile.support.jsonio import read_json
 SUPPORTED_ARCH = "MiniCPMForCausalLM"
 TEST_CHECKPOINT_NAME = "mcpm-mobile/tiny-minicpm"  # the _name_or_path `dev tiny-checkpoint` writes
 
-# What other checkpoints look like, so the error can say what the user has.
+SUPPORTED = "mcpm-mobile supports the dense text models MiniCPM 1.x, MiniCPM4 and MiniCPM4.1 (MiniCPMForCausalLM)"
+# What other checkpoints look like, so the error can say what the user has and what is missing.
 _OTHER_FAMILIES = {
-    "minicpm3": "MiniCPM3 uses multi-head latent attention (MLA), which mcpm-mobile does not support",
-    "minicpmv": "MiniCPM-V is a vision-language model; mcpm-mobile supports the text-only MiniCPM 1.x models",
-    "minicpmo": "MiniCPM-o is an omni-modal model; mcpm-mobile supports the text-only MiniCPM 1.x models",
+    "minicpm3": "MiniCPM3 uses multi-head latent attention (MLA: kv_lora_rank/q_lora_rank projections), "
+                f"which mcpm-mobile has no kernels for; {SUPPORTED}",
+    "minicpmv": f"MiniCPM-V is a vision-language model (its vision encoder and resampler are not supported); {SUPPORTED}",
+    "minicpmo": f"MiniCPM-o is an omni-modal model (its vision, audio and speech modules are not supported); "
+                f"{SUPPORTED}",
 }
 
 
@@ -29,12 +32,14 @@ class MiniCPMConfig:
     num_attention_heads: int
     num_key_value_heads: int
     intermediate_size: int
-    rms_norm_eps: float = 1e-5
+    # Defaults for keys a config.json leaves out: those of OpenBMB's configuration_minicpm.py, the code
+    # transformers runs for MiniCPMForCausalLM (trust_remote_code); every release sets them (docs/checkpoints.md)
+    rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    max_position_embeddings: int = 4096
+    max_position_embeddings: int = 2048
     scale_emb: float = 1.0
     scale_depth: float = 1.0
-    dim_model_base: int = 256
+    dim_model_base: float = 1  # int in every release; MLC reads it as an int
     tie_word_embeddings: bool | None = None  # None: decided by the presence of lm_head.weight
     bos_token_id: int = 1
     eos_token_id: int | list[int] = 2
@@ -113,24 +118,36 @@ class MiniCPMConfig:
             raise fail(path, f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}")
         if self.hidden_act != "silu":
-            raise fail(path, f"hidden_act '{self.hidden_act}' is not supported (MiniCPM uses silu)")
+            raise fail(path, f"hidden_act '{_short(self.hidden_act)}' is not supported (MiniCPM uses silu)")
         rope = parse_rope_scaling(self.rope_scaling, self.extra, self.max_position_embeddings, self.head_dim, path)
         self.rope_scaling = rope.to_config() if rope else None
 
 
+def _short(value, limit: int = 40) -> str:
+    """A config value for a message: never more than ``limit`` characters."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_family(raw: dict, path) -> None:
-    archs = raw.get("architectures") or []
+    archs = [str(a) for a in raw.get("architectures") or [] if isinstance(a, str)]
     model_type = str(raw.get("model_type", "")).lower()
     if model_type in _OTHER_FAMILIES:
         raise fail(path, _OTHER_FAMILIES[model_type])
-    if any("MiniCPMV" in a or "MiniCPMO" in a for a in archs) or "vision_config" in raw:
+    if any("MiniCPMO" in a for a in archs) or "audio_config" in raw or "tts_config" in raw:
+        raise fail(path, _OTHER_FAMILIES["minicpmo"])
+    if any("MiniCPMV" in a for a in archs) or "vision_config" in raw:
         raise fail(path, _OTHER_FAMILIES["minicpmv"])
     if any("MiniCPM3" in a for a in archs) or "kv_lora_rank" in raw:
         raise fail(path, _OTHER_FAMILIES["minicpm3"])
-    if (raw.get("num_experts") or 0) > 0:
-        raise fail(path, f"MiniCPM-MoE ({raw['num_experts']} experts) is not supported; "
-                         "mcpm-mobile supports the dense MiniCPM 1.x models")
+    experts = raw.get("num_experts")
+    if isinstance(experts, int) and experts > 0:
+        raise fail(path, f"MiniCPM-MoE ({experts} experts, {_short(raw.get('num_experts_per_tok'))} per token) "
+                         f"needs expert routing, which mcpm-mobile does not implement; {SUPPORTED}")
+    act = str(raw.get("hidden_act", "silu")).lower()
+    if "fatrelu" in act:
+        raise fail(path, "MiniCPM-S uses the FATReLU activation (a thresholded ReLU for sparse FFNs) where "
+                         f"mcpm-mobile's kernels implement SiLU; {SUPPORTED}")
     if SUPPORTED_ARCH not in archs and model_type != "minicpm":
-        what = ", ".join(archs) or model_type or "unknown architecture"
-        raise fail(path, f"not a MiniCPM checkpoint ({what}, model_type '{model_type}'); "
-                         f"mcpm-mobile supports {SUPPORTED_ARCH}")
+        what = ", ".join(_short(a) for a in archs[:3]) or "no architectures"
+        raise fail(path, f"not a MiniCPM checkpoint ({what}, model_type '{_short(model_type)}'); {SUPPORTED}")

@@ -41,14 +41,16 @@ def _corpus(seed: int, lines: int = 3000) -> list[str]:
     return out
 
 
-def train_tokenizer(vocab_size: int, seed: int = 0) -> bytes:
-    """Train a SentencePiece BPE model with exactly ``vocab_size`` pieces; returns the model bytes."""
+def train_tokenizer(vocab_size: int, seed: int = 0, pieces: list[str] | None = None) -> bytes:
+    """Train a SentencePiece BPE model with exactly ``vocab_size`` pieces; returns the model bytes.
+
+    ``pieces``: user-defined pieces given ids 3, 4, ... (default MiniCPM 1.x's ``<用户>``, ``<AI>``)."""
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(_corpus(seed)), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, user_defined_symbols=USER_PIECES, character_coverage=1.0, split_digits=True,
+        byte_fallback=True, user_defined_symbols=pieces or USER_PIECES, character_coverage=1.0, split_digits=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, add_dummy_prefix=True,
         normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
         hard_vocab_limit=True, minloglevel=2, seed_sentencepiece_size=100000,

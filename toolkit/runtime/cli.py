@@ -11,7 +11,7 @@ from mcpm_mobile.support.output import output_options
 @click.command("run")
 @click.argument("weights_dir", type=click.Path(path_type=Path))
 @click.option("--lib", required=True, type=click.Path(path_type=Path), help="Model library from `mcpm-mobile compile`.")
-@click.option("--prompt", help="The user message (MiniCPM's chat template is applied).")
+@click.option("--prompt", help="The user message (the checkpoint's chat template is applied).")
 @click.option("--chat", is_flag=True, help="Interactive multi-turn chat on stdin (empty line or /exit quits).")
 @click.option("--raw", is_flag=True, help="Feed the prompt as plain text, without the chat template.")
 @click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=0))
@@ -19,8 +19,11 @@ from mcpm_mobile.support.output import output_options
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), help="Nucleus sampling mass.")
 @click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True))
 @click.option("--seed", type=int, help="Random seed for sampling.")
+@click.option("--thinking/--no-thinking", default=None,
+              help="MiniCPM4.1's hybrid reasoning. [default: as built, i.e. the template's default, thinking on]")
 @output_options
-def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p, repetition_penalty, seed, out):
+def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p, repetition_penalty, seed, thinking,
+            out):
     """Generate text on this machine with WEIGHTS_DIR and a compiled --lib."""
     from mcpm_mobile.errors import MCPMError
     from mcpm_mobile.runtime.engine import Engine
@@ -29,6 +32,10 @@ def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p,
         raise MCPMError("give --prompt TEXT or --chat")
     with out.stage("Loading the model"):
         engine = Engine(weights_dir, lib)
+    if thinking is not None:
+        from mcpm_mobile.model.chat_format import from_conv_template
+
+        engine.conv = from_conv_template(engine.conv, thinking).mlc_conv_template()
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                   repetition_penalty=repetition_penalty, seed=seed, chat_template=not raw)
     stream = not out.json and not out.quiet

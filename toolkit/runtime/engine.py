@@ -128,15 +128,19 @@ class Engine:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def chat_prompt_ids(self, prompt: str, first_turn: bool = True) -> list[int]:
-        """MiniCPM's template from ``conv_template``: ``[BOS]<用户>{prompt}<AI>``."""
+        """The checkpoint's template from ``conv_template`` (``[BOS]<用户>{prompt}<AI>``, ChatML, ...). A later turn
+        first closes the previous answer with the assistant separator (ChatML's ``<|im_end|>\n``): the stop token
+        that ended it never entered the KV cache."""
         c = self.conv
         roles = c.get("roles") or {"user": "<用户>", "assistant": "<AI>"}
+        seps = c.get("seps") or [""]
         text = ""
         if first_turn:
             text += (c.get("system_template") or "{system_message}").replace(
                 "{system_message}", c.get("system_message") or "")
+        else:
+            text += seps[-1]
         user = (c.get("role_templates") or {}).get("user", "{user_message}").replace("{user_message}", prompt)
-        seps = c.get("seps") or [""]
         text += roles["user"] + c.get("role_content_sep", "") + user + seps[0]
         text += roles["assistant"] + c.get("role_empty_sep", "")
         prefix = list(c.get("system_prefix_token_ids") or []) if first_turn else []
