@@ -8,9 +8,11 @@ JOBS   ?= 2
 .PHONY: venv sysdeps demo test bench bench-bin clean
 
 # Debian packages the checks need: clang (OpenCL C -> SPIR) and PoCL (an OpenCL CPU device) for the OpenCL
-# checks; kotlinc and Gson to run our transcription of MLCChat's config loader; aapt and zipalign for the APK checks.
-SYSPKGS := clang pocl-opencl-icd ocl-icd-opencl-dev kotlin libgoogle-gson-java aapt zipalign
-SYSCMDS := clang kotlinc aapt zipalign
+# checks; kotlinc and Gson to run our transcription of MLCChat's config loader; aapt and zipalign for the APK checks;
+# g++ and the OpenCL headers for our OpenCL device for TVM's runtime (runtime/opencl) and Oclgrind (an OpenCL
+# simulator) to run the whole Android model on it (docs/opencl.md).
+SYSPKGS := clang pocl-opencl-icd ocl-icd-opencl-dev kotlin libgoogle-gson-java aapt zipalign g++ oclgrind
+SYSCMDS := clang kotlinc aapt zipalign g++
 
 $(BIN)/mcpm-mobile: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +24,8 @@ venv: $(BIN)/mcpm-mobile
 
 sysdeps:
 	@missing=0; for c in $(SYSCMDS); do command -v $$c >/dev/null || missing=1; done; \
-	if [ $$missing = 1 ] || ! [ -e /etc/OpenCL/vendors/pocl.icd ] || ! [ -e /usr/share/java/gson.jar ]; then \
+	if [ $$missing = 1 ] || ! [ -e /etc/OpenCL/vendors/pocl.icd ] || ! [ -e /usr/share/java/gson.jar ] \
+	    || ! [ -e /usr/include/CL/cl.h ] || ! [ -e /usr/lib/oclgrind/liboclgrind-rt-icd.so ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); fi; \
 	fi

@@ -46,7 +46,7 @@ def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: 
     fmt = chat_format.detect(ckpt.dir, ckpt.config, thinking)
     check_group_size(ckpt, quant)
     start = time.perf_counter()
-    with atomic_dir(Path(out_dir), force=force) as tmp:
+    with atomic_dir(Path(out_dir), force=force, inputs=(ckpt.dir,), kind="weights") as tmp:
         writer = TensorCacheWriter(tmp)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             with out.progress(f"Quantizing to {quant.name}", ckpt.weight_bytes) as advance:
@@ -54,10 +54,10 @@ def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: 
                     _convert_param(ckpt, param, quant, writer, advance, pool)
         index = writer.finish()
         files = copy_tokenizer_files(ckpt.dir, tmp)
-        generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True)
+        generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True, root=ckpt.dir)
         cfg = chat_config.build(ckpt.config, quant.name, files, tokenizer_info(tmp / "tokenizer.json"),
                                 generation, context_window, prefill_chunk, chat_format=fmt)
-        (tmp / chat_config.FILENAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / chat_config.FILENAME).write_text(json.dumps(cfg, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
     seconds = time.perf_counter() - start
     weights = Weights(Path(out_dir), cfg, ckpt.config, quant, index)
     meta = index["metadata"]
@@ -82,7 +82,7 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
                    pool: Executor) -> None:
     infos = [ckpt.tensors[s] for s in param.sources]
     if param.kind == "norm":
-        writer.add(param.name + ".weight", ckpt.get(param.sources[0]).astype(quant.model_dtype))
+        writer.add(param.name + ".weight", _in_range(ckpt.get(param.sources[0]), quant, infos).astype(quant.model_dtype))
         advance(infos[0].nbytes)
         return
     rows = sum(i.shape[0] for i in infos)
@@ -90,7 +90,7 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
     if not quant.quantized:
         dense = np.empty((rows, cols), quant.model_dtype)
         for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
-            dense[r0:r1] = block
+            dense[r0:r1] = _in_range(block, quant, infos)
         writer.add(param.name + ".weight", dense)
         return
     (wname, _), (sname, _) = stored_shapes(param, rows, cols, quant).items()
@@ -98,11 +98,21 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
     q_weight = np.empty((rows, groups * quant.group_size // ELEMS_PER_WORD), np.uint32)
     q_scale = np.empty((rows, groups), quant.model_dtype)
     for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
-        q_weight[r0:r1], q_scale[r0:r1] = quantize_rows(block, quant.model_dtype, pool)
+        q_weight[r0:r1], q_scale[r0:r1] = quantize_rows(_in_range(block, quant, infos), quant.model_dtype, pool)
     if quant.layout == "KN" and param.kind == "linear":
         q_weight, q_scale = np.ascontiguousarray(q_weight.T), np.ascontiguousarray(q_scale.T)
     writer.add(wname, q_weight, logical_params=rows * cols)
     writer.add(sname, q_scale, logical_params=0)
+
+
+def _in_range(block: np.ndarray, quant: Quantization, sources: list) -> np.ndarray:
+    """``block``, refused if it holds values the model dtype cannot (a bf16 weight of 1e38 in float16)."""
+    dtype = np.dtype(quant.model_dtype)
+    if dtype.itemsize < 4 and block.size and np.abs(block).max() > np.finfo(dtype).max:
+        names = "', '".join(s.name for s in sources)
+        raise fail(sources[0].file, f"tensor '{names}' has values beyond {dtype}'s range; "
+                                    "choose a float32 quantization (q4f32_1 or q0f32)")
+    return block
 
 
 def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance):

@@ -88,7 +88,7 @@ def build(model_dir: Path, target: str, out_dir: Path, quantization: str | None 
     if repo_id_of(model_dir):  # from the Hugging Face cache: the repo and the commit it was fetched at
         info["source"]["hub"] = {"repo": repo_id_of(model_dir), "commit": Path(model_dir).resolve().name}
     versions = manifest.tool_versions()
-    with atomic_dir(dest, force=force) as stage:
+    with atomic_dir(dest, force=force, inputs=(model_dir, license_grant), kind="package") as stage:
         if runtime == "onnxruntime":
             layout = _onnx(stage, target, ckpt, model_id, app_id, bundle_weights, context_window, out)
             doc = deploy_docs.onnxruntime(model_id, app_id, versions, layout)

@@ -37,7 +37,7 @@ def write_manifest(root: Path, info: dict) -> dict:
     files = [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(root.rglob("*")) if p.is_file() and p.name != FILENAME]
     manifest = {"format": FORMAT, **info, "versions": tool_versions(), "files": files}
-    (root / FILENAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    (root / FILENAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
     return manifest
 
 

@@ -277,6 +277,19 @@ def test_android_library_has_no_gpu_sampler(gpu_build):
         assert f"{PREFIX}{k}_kernel" in src
 
 
+def test_attention_merge_kernel_is_ours(gpu_build):
+    """TVM 0.27's attention-merge kernel races on S (docs/opencl.md); ours, in every GPU library,
+    has every thread read S before a barrier and one thread write it after."""
+    from mcpm_mobile.compiler.library import device_sources
+
+    src = device_sources(gpu_build("android")[1])
+    merge = [v for k, v in src.items() if k.endswith("tir_attention_merge_state_kernel")]
+    assert len(merge) == 1
+    body = merge[0][merge[0].index("{"):]
+    assert body.count("barrier(CLK_LOCAL_MEM_FENCE)") == 1
+    assert body.index("barrier(") < body.index("S_ptr[", body.index("barrier("))  # the write comes after
+
+
 # --- (5) every device function is bound to GPU threads -----------------------------------------------
 @pytest.mark.parametrize("target", ["android", "ios"])
 def test_every_device_function_has_thread_bindings(gpu_build, target):

@@ -222,6 +222,9 @@ def test_bad_inputs(tiny_dir, tmp_path):
     out.write_text("keep")
     _assert_one_line_error(run_cli("export-gguf", src, "-o", out), "exists (use --force")
     assert out.read_text() == "keep"
+    _assert_one_line_error(run_cli("export-gguf", src, "-o", out, "--force"), "--force will not replace it")
+    assert out.read_text() == "keep"  # --force replaces only a GGUF
+    out.write_bytes(b"GGUF" + bytes(60))
     assert run_cli("export-gguf", src, "-o", out, "--force", "--quiet").exit_code == 0
     assert out.read_bytes()[:4] == b"GGUF"
     out.unlink()

@@ -218,8 +218,13 @@ def test_nonexistent_and_nonempty_output(tmp_path, tiny_dir):
     (out / "keep.txt").write_text("x")
     r = run_cli("quantize", tiny_dir(), "-o", out)
     assert r.exit_code == 2 and "not empty" in r.output and (out / "keep.txt").exists()
-    r = run_cli("quantize", tiny_dir(), "-o", out, "--force", "--quiet")
-    assert r.exit_code == 0 and not (out / "keep.txt").exists() and (out / "tensor-cache.json").exists()
+    r = run_cli("quantize", tiny_dir(), "-o", out, "--force", "--quiet")  # not ours: --force refuses
+    assert r.exit_code == 2 and "not written by mcpm-mobile" in r.output and (out / "keep.txt").exists()
+    ours = tmp_path / "ours"
+    assert run_cli("quantize", tiny_dir(), "-o", ours, "--quiet").exit_code == 0
+    (ours / "stale.txt").write_text("x")
+    r = run_cli("quantize", tiny_dir(), "-o", ours, "--force", "--quiet")
+    assert r.exit_code == 0 and not (ours / "stale.txt").exists() and (ours / "tensor-cache.json").exists()
 
 
 def test_unreadable_file(tmp_path, tiny_dir):

@@ -95,6 +95,9 @@ class Lowered:
     seconds: dict
 
 
+MAX_BATCH = 256  # a phone runs one or a few sequences; larger batches only exhaust memory
+
+
 def _limits(weights: Weights, context_window, prefill_chunk, max_batch_size) -> tuple[int, int, int]:
     ctx = int(context_window or weights.context_window_size)
     chunk = int(prefill_chunk or weights.prefill_chunk_size)
@@ -102,6 +105,11 @@ def _limits(weights: Weights, context_window, prefill_chunk, max_batch_size) -> 
     for name, v in (("--context-window", ctx), ("--prefill-chunk", chunk), ("--max-batch-size", batch)):
         if v <= 0:
             raise MCPMError(f"{name} must be positive (got {v})")
+    limit = weights.config.max_position_embeddings
+    if ctx > limit:
+        raise MCPMError(f"--context-window {ctx} exceeds the model's max_position_embeddings ({limit})")
+    if batch > MAX_BATCH:
+        raise MCPMError(f"--max-batch-size {batch} is above {MAX_BATCH}")
     return ctx, min(chunk, ctx), batch
 
 
@@ -126,6 +134,9 @@ def lower(weights: Weights | Path | str, target: Target | str = "host", *, conte
     with out.stage(f"Exporting MiniCPM ({weights.config.num_hidden_layers} layers, {quant.name})"):
         model = build_model(weights.config, quant, tgt, tied=weights.tied)
         mod, named = export(model)
+        if on_gpu:
+            mod = gpu.replace_merge_state(mod, weights.config.num_attention_heads, weights.config.head_dim,
+                                          quant.model_dtype, tgt)
         params = [(n, [int(x) for x in p.shape], p.dtype) for n, p in named]
         mod = interface.attach_functions(mod, hidden_size=weights.config.hidden_size, dtype=quant.model_dtype,
                                          prefill_chunk_size=chunk, gpu_threads=threads)

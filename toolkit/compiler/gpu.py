@@ -215,3 +215,70 @@ def check_thread_bindings(mod: tvm.IRModule) -> None:
     missing = unbound_functions(mod)
     if missing:
         raise MCPMError(f"GPU kernels without thread bindings (no schedule applied): {', '.join(missing)}")
+
+
+# --- attention state merge ---------------------------------------------------------------------
+MERGE_STATE = "tir_attention_merge_state"
+
+
+def merge_state_kernel(num_heads: int, head_dim: int, dtype: str, target: Target) -> tirx.PrimFunc:
+    """The KV cache's in-place merge of two attention partial results (``V, S <- merge(V, S,
+    V_other, S_other)``, ``S`` a base-2 log-sum-exp), used when a prompt of 2+ tokens meets a
+    non-empty cache (a second prefill chunk, a follow-up chat turn).
+
+    TVM 0.27's kernel (``_merge_state_inplace``) has every thread of a head read ``S`` and write the
+    merged ``S`` back with no barrier in between, so a thread that runs after another has written
+    reads the merged value: correct only where the threads of a head run in lock-step (one GPU
+    warp), wrong on CPU OpenCL devices (PoCL, Oclgrind) and undefined by OpenCL. Ours is the same
+    computation and launch shape with a barrier between the reads and the one write of ``S``.
+    """
+    from tvm.script import tirx as T
+
+    vec = min(max(4, head_dim // 32), 4)
+    bdx, bdy = head_dim // vec, num_heads
+    while bdx * bdy > max_threads(target) and bdy > 1:
+        bdy //= 2
+    gdy = num_heads // bdy
+
+    @T.prim_func(s_tir=True)
+    def merge(v: T.handle, s: T.handle, v_other: T.handle, s_other: T.handle):
+        T.func_attr({"tirx.is_scheduled": True})
+        n, h, d = T.int32(), T.int32(), T.int32()
+        V = T.match_buffer(v, (n, h, d), dtype)
+        S = T.match_buffer(s, (n, h), "float32")
+        VO = T.match_buffer(v_other, (n, h, d), dtype)
+        SO = T.match_buffer(s_other, (n, h), "float32")
+        for bx in T.thread_binding(n, thread="blockIdx.x"):
+            for by in T.thread_binding(gdy, thread="blockIdx.y"):
+                for ty in T.thread_binding(bdy, thread="threadIdx.y"):
+                    for tx in T.thread_binding(bdx, thread="threadIdx.x"):
+                        with T.sblock("merge"):
+                            e = T.sblock_alloc_buffer((3,), "float32", scope="local")  # max, exp2 self, other
+                            x = T.sblock_alloc_buffer((vec,), dtype, scope="local")
+                            xo = T.sblock_alloc_buffer((vec,), dtype, scope="local")
+                            e[0] = T.max(S[bx, by * bdy + ty], SO[bx, by * bdy + ty])
+                            e[1] = T.exp2(S[bx, by * bdy + ty] - e[0])
+                            e[2] = T.exp2(SO[bx, by * bdy + ty] - e[0])
+                            for i in T.vectorized(vec):
+                                x[i] = V[bx, by * bdy + ty, tx * vec + i]
+                            for i in T.vectorized(vec):
+                                xo[i] = VO[bx, by * bdy + ty, tx * vec + i]
+                            for i in T.serial(vec):
+                                x[i] = x[i] * (e[1] / (e[1] + e[2])) + xo[i] * (e[2] / (e[1] + e[2]))
+                            for i in T.vectorized(vec):
+                                V[bx, by * bdy + ty, tx * vec + i] = x[i]
+                            T.evaluate(T.tvm_storage_sync("shared"))  # every thread has read S
+                            if tx == 0:
+                                S[bx, by * bdy + ty] = T.log2(e[1] + e[2]) + e[0]
+
+    return merge.with_attr("global_symbol", MERGE_STATE)
+
+
+def replace_merge_state(mod: tvm.IRModule, num_heads: int, head_dim: int, dtype: str,
+                        target: Target) -> tvm.IRModule:
+    """Swap TVM's racy merge kernel (see ``merge_state_kernel``) for ours in an exported model."""
+    gv = next((g for g in mod.get_global_vars() if g.name_hint == MERGE_STATE), None)
+    if gv is None:
+        return mod
+    mod[gv] = merge_state_kernel(num_heads, head_dim, dtype, target)
+    return mod

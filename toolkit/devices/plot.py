@@ -7,6 +7,7 @@ from mcpm_mobile.devices.model_profile import ModelProfile
 from mcpm_mobile.devices.speed import Calibration
 from mcpm_mobile.devices.verdict import Verdict
 from mcpm_mobile.errors import MCPMError, fail
+from mcpm_mobile.support.atomic import PNG, atomic_file
 
 STATUS_COLORS = {"fits": "#2e7d32", "tight": "#f9a825", "does not fit": "#c62828", "no runtime": "#6d4c41"}
 RUNTIME_COLORS = ["#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#4e342e", "#ad1457", "#558b2f"]
@@ -30,7 +31,8 @@ def draw(path: Path, verdicts: list[Verdict], cal: Calibration, profile: ModelPr
     fig.suptitle(f"mcpm-mobile device profiles: {profile.name} {profile.quantization}, {contexts}-token context",
                  fontsize=14, fontweight="bold")
     try:
-        fig.savefig(path, bbox_inches="tight")
+        with atomic_file(path, force=True, magic=PNG) as tmp:  # replaces an earlier plot, nothing else
+            fig.savefig(tmp, bbox_inches="tight", format="png")
     except OSError as e:
         raise fail(path, f"cannot write the plot: {e.strerror or e}")
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mcpm_mobile.errors import fail
+from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.model.chat_format import MINICPM, ChatFormat
 from mcpm_mobile.model.config import MiniCPMConfig
 
@@ -30,6 +30,9 @@ def build(config: MiniCPMConfig, quantization: str, tokenizer_files: list[str], 
           generation: dict | None = None, context_window: int | None = None, prefill_chunk: int | None = None,
           active_vocab_size: int | None = None, chat_format: ChatFormat | None = None) -> dict:
     ctx = context_window or min(config.max_position_embeddings, DEFAULT_CONTEXT)
+    if ctx > config.max_position_embeddings:
+        raise MCPMError(f"context window {ctx} exceeds the model's max_position_embeddings "
+                        f"({config.max_position_embeddings})")
     chunk = min(prefill_chunk or DEFAULT_PREFILL_CHUNK, ctx)
     model_config = config.to_dict()
     model_config.update(context_window_size=ctx, prefill_chunk_size=chunk, tensor_parallel_shards=1,

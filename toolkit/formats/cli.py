@@ -34,11 +34,13 @@ def export_gguf_cmd(model_dir, out_path, weight_type, flavor, llmfarm_dir, conte
 
     ckpt = Checkpoint(checkpoint_dir(model_dir, out))
     fmt = chat_format.detect(ckpt.dir, ckpt.config, thinking)  # refuse a bad switch before the export
+    if llmfarm_dir is not None:
+        llmfarm.check_settings_paths(llmfarm_dir, force=force)  # before the long export
     s = export_gguf(ckpt, out_path, weight_type, flavor, out, force)
     if llmfarm_dir is not None:
         ctx = min(context, ckpt.config.max_position_embeddings)
         s["llmfarm"] = [str(p) for p in llmfarm.write_settings(llmfarm_dir, out_path.name, ckpt.config, ctx,
-                                                               chat_format=fmt)]
+                                                               chat_format=fmt, force=force)]
     out.result(s, f"Wrote {s['output']}: {s['params']:,} params, {s['bytes'] / 1e6:.1f} MB, "
                   f"{s['bits_per_param']} bits/param ({s['type']}, arch {s['arch']}), {s['seconds']:.1f} s"
                   + "".join(f"\nWrote {p}" for p in s.get("llmfarm", [])))

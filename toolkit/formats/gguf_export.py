@@ -20,7 +20,7 @@ from mcpm_mobile.formats.gguf_vocab import Vocab, read_vocab
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.param_map import EMBED, LM_HEAD, hf_shapes
-from mcpm_mobile.support.atomic import atomic_file
+from mcpm_mobile.support.atomic import atomic_file, check_output_file
 from mcpm_mobile.support.output import Output
 
 Q = gguf.GGMLQuantizationType
@@ -51,6 +51,7 @@ FLOAT_DTYPES = {Q.F32: np.dtype(np.float32), Q.F16: np.dtype(np.float16)}
 
 # minicpm: upstream llama.cpp and guinmoon's LLMFarm (arch "minicpm", scales read from the file).
 # openbmb: OpenBMB's LLMFarm fork, whose llama.cpp bakes MiniCPM-2B's scales into arch "llama".
+GGUF_MAGIC = (b"GGUF",)
 FLAVOR_ARCH = {"minicpm": "minicpm", "openbmb": "llama"}
 OPENBMB_CONSTANTS = {"scale_emb": 12.0, "residual_scale": 1.4 / math.sqrt(40.0), "logit_scale": 9.0}
 
@@ -211,13 +212,12 @@ def export_gguf(ckpt: Checkpoint | Path | str, out_path: Path | str, weight_type
     out_path = Path(out_path)
     ckpt = Checkpoint.of(ckpt)
     _check(ckpt, weight_type, flavor, out_path)
-    if out_path.exists() and not force:
-        raise fail(out_path, "exists (use --force to replace it)")
+    check_output_file(out_path, force, GGUF_MAGIC, inputs=(ckpt.dir,))
     c = ckpt.config
     vocab = read_vocab(ckpt.dir, c)
     plan = tensor_plan(c, weight_type)
     start = time.perf_counter()
-    with atomic_file(out_path) as tmp:
+    with atomic_file(out_path, force, GGUF_MAGIC, inputs=(ckpt.dir,)) as tmp:
         w = gguf.GGUFWriter(tmp, FLAVOR_ARCH[flavor])
         try:
             _add_metadata(w, c, vocab, weight_type, flavor, c.name_or_path or ckpt.dir.name)

@@ -16,7 +16,7 @@ import numpy as np
 from mcpm_mobile.errors import fail
 from mcpm_mobile.model.chat_format import MINICPM, ChatFormat
 from mcpm_mobile.model.config import MiniCPMConfig
-from mcpm_mobile.support.atomic import atomic_file
+from mcpm_mobile.support.atomic import JSON, atomic_file, check_output_file
 
 CHATS_DIR = "chats"
 TEMPLATES_DIR = "model_setting_templates"
@@ -74,16 +74,22 @@ def template_settings(chat: dict) -> dict:
 
 def write_settings(dest_dir: Path, model_file_name: str, config: MiniCPMConfig, context: int = 2048,
                    name: str = "MiniCPM", n_batch: int = 512, sampling: dict | None = None,
-                   use_metal: bool = True, chat_format: ChatFormat | None = None) -> list[Path]:
+                   use_metal: bool = True, chat_format: ChatFormat | None = None, force: bool = False) -> list[Path]:
     """Write ``chats/<name>.json`` and ``model_setting_templates/<name>.json`` under ``dest_dir``
-    (LLMFarm's Documents layout). Returns the two paths."""
+    (LLMFarm's Documents layout). Existing settings are replaced only with ``force``. Returns the two paths."""
     chat = chat_settings(model_file_name, config, context, name, n_batch, sampling, use_metal, chat_format)
-    paths = []
-    for sub, data in ((CHATS_DIR, chat), (TEMPLATES_DIR, template_settings(chat))):
-        path = Path(dest_dir) / sub / f"{name}.json"
-        with atomic_file(path) as tmp:
-            tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        paths.append(path)
+    paths = check_settings_paths(dest_dir, name, force)
+    for path, data in zip(paths, (chat, template_settings(chat))):
+        with atomic_file(path, force, JSON) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    return paths
+
+
+def check_settings_paths(dest_dir: Path, name: str = "MiniCPM", force: bool = False) -> list[Path]:
+    """The two settings files under ``dest_dir``, refused if they exist (without ``force``) or are not ours."""
+    paths = [Path(dest_dir) / sub / f"{name}.json" for sub in (CHATS_DIR, TEMPLATES_DIR)]
+    for path in paths:
+        check_output_file(path, force, JSON)
     return paths
 
 

@@ -280,7 +280,7 @@ def export_onnx(ckpt: Checkpoint | Path | str, out_dir: Path, block_size: int = 
     context = c.max_position_embeddings
     max_length = context_window or min(context, chat_config.DEFAULT_CONTEXT)
     start = time.perf_counter()
-    with atomic_dir(Path(out_dir), force=force) as tmp:
+    with atomic_dir(Path(out_dir), force=force, inputs=(ckpt.dir,), kind="onnx") as tmp:
         data = ExternalData(tmp / DATA_FILE)
         g = GraphBuilder(data)
         try:
@@ -302,10 +302,10 @@ def export_onnx(ckpt: Checkpoint | Path | str, out_dir: Path, block_size: int = 
         files = copy_tokenizer_files(ckpt.dir, tmp)
         if genai_config.ensure_tokenizer_config(tmp, c):
             files.append(genai_config.TOKENIZER_CONFIG)
-        generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True)
+        generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True, root=ckpt.dir)
         stops = chat_format.detect(ckpt.dir, c).stop_token_ids
         cfg = genai_config.build(c, MODEL_FILE, context, max_length, generation, list(stops))
-        (tmp / genai_config.FILENAME).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+        (tmp / genai_config.FILENAME).write_text(json.dumps(cfg, indent=2, allow_nan=False), encoding="utf-8")
         written = sorted(p.name for p in tmp.iterdir())
     seconds = time.perf_counter() - start
     return {"output": str(out_dir), "model": MODEL_FILE, "data": DATA_FILE, "bytes": data_bytes,

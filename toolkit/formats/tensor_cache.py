@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.support.jsonio import loads
+from mcpm_mobile.support.paths import member, regular_file
 
 INDEX = "tensor-cache.json"
 OLD_INDEX = "ndarray-cache.json"  # what MLC called it before TVM's tensor-cache rename
@@ -77,7 +80,7 @@ class TensorCacheWriter:
         index = {"metadata": {"ParamSize": len(self.names), "ParamBytes": float(self.param_bytes),
                               "BitsPerParam": 8.0 * self.param_bytes / max(self.param_count, 1)},
                  "records": self.shards}
-        (self.dir / INDEX).write_text(json.dumps(index, indent=2))
+        (self.dir / INDEX).write_text(json.dumps(index, indent=2, allow_nan=False))
         return index
 
 
@@ -87,14 +90,61 @@ def find_index(weights_dir: Path) -> Path | None:
 
 def read_index(weights_dir: Path) -> dict:
     path = find_index(weights_dir) or Path(weights_dir) / INDEX
-    if not path.is_file():
+    if not regular_file(weights_dir, path):
         raise fail(path, "not found (is this an mcpm-mobile/MLC weights directory?)")
     try:
-        index = json.loads(path.read_text())
+        index = loads(path.read_text())
         index["records"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise fail(path, f"cannot read: {e}")
+    except OSError as e:
+        raise fail(path, f"cannot read: {e.strerror or e}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise fail(path, f"cannot read: {type(e).__name__} {e}")
+    _check_records(path, index)
     return index
+
+
+def _count(value, what: str, path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise fail(path, f"{what} must be a non-negative integer (got {str(value)[:40]!r})")
+    return value
+
+
+def _check_records(path: Path, index: dict) -> None:
+    """Types, shapes, dtypes, sizes and byte ranges of every record, before anything is read."""
+    if not isinstance(index["records"], list):
+        raise fail(path, "'records' must be a list")
+    names = set()
+    for shard in index["records"]:
+        if not isinstance(shard, dict) or not isinstance(shard.get("records"), list):
+            raise fail(path, "every shard must be an object with a 'records' list")
+        member(path.parent, shard.get("dataPath"), path)
+        size = _count(shard.get("nbytes"), "a shard's nbytes", path)
+        spans = []
+        for rec in shard["records"]:
+            name = rec.get("name") if isinstance(rec, dict) else None
+            if not isinstance(name, str) or name in names:
+                raise fail(path, f"record name {str(name)[:60]!r} is missing or repeated")
+            names.add(name)
+            try:
+                dtype = np.dtype(rec["dtype"])
+            except (KeyError, TypeError):
+                raise fail(path, f"'{name}': unknown dtype")
+            shape = rec.get("shape")
+            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                      for d in shape):
+                raise fail(path, f"'{name}': shape must be a list of non-negative integers")
+            begin, nbytes = _count(rec.get("byteOffset"), f"'{name}' byteOffset", path), \
+                _count(rec.get("nbytes"), f"'{name}' nbytes", path)
+            stored = math.prod(shape) * (2 if rec.get("format") == "f32-to-bf16" else dtype.itemsize)
+            if nbytes != stored:
+                raise fail(path, f"'{name}': nbytes {nbytes} does not match shape {shape} {dtype}")
+            if begin + nbytes > size:
+                raise fail(path, f"'{name}': bytes {begin}..{begin + nbytes} lie outside its {size}-byte shard")
+            spans.append((begin, begin + nbytes, name))
+        spans.sort()
+        for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+            if begin < end:
+                raise fail(path, f"'{a}' and '{b}' overlap in {shard['dataPath']}")
 
 
 def check_shards(weights_dir: Path, index: dict | None = None, md5: bool = False) -> None:
@@ -102,8 +152,8 @@ def check_shards(weights_dir: Path, index: dict | None = None, md5: bool = False
     weights_dir = Path(weights_dir)
     index = index or read_index(weights_dir)
     for shard in index["records"]:
-        path = weights_dir / shard["dataPath"]
-        if not path.is_file():
+        path = member(weights_dir, shard["dataPath"], weights_dir / INDEX)
+        if not regular_file(weights_dir, path):
             raise fail(path, "shard listed in tensor-cache.json is missing")
         size = path.stat().st_size
         if size != shard["nbytes"]:

@@ -133,7 +133,7 @@ def detect(config: dict, name_hint: str | None = None) -> str | None:
 
 def read_config(model_dir: Path | str) -> dict:
     """config.json of a checkpoint directory as a dict; {} when there is none."""
-    return read_json(Path(model_dir) / "config.json", missing_ok=True) or {}
+    return read_json(Path(model_dir) / "config.json", missing_ok=True, root=Path(model_dir)) or {}
 
 
 def detect_dir(model_dir: Path | str) -> str | None:

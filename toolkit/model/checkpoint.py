@@ -18,6 +18,7 @@ from mcpm_mobile.model.param_map import LM_HEAD, hf_shapes
 from mcpm_mobile.support import pytorch_bin as pt
 from mcpm_mobile.support import safetensors_io as st
 from mcpm_mobile.support.jsonio import read_json
+from mcpm_mobile.support.paths import member, regular_file
 
 INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -44,6 +45,7 @@ class Checkpoint:
             raise fail(self.dir, "no such directory")
         if not self.dir.is_dir():
             raise fail(self.dir, "not a directory (expected a Hugging Face checkpoint directory)")
+        regular_file(self.dir, self.dir / "config.json")
         config = MiniCPMConfig.from_file(self.dir / "config.json")
         self.files, self.format = _weight_files(self.dir)
         self.tensors: dict[str, st.TensorInfo | pt.TensorInfo] = {}
@@ -65,7 +67,14 @@ class Checkpoint:
         return hf_shapes(self.config)
 
     def _check_shapes(self) -> None:
-        for name, shape in self.expected_shapes().items():
+        expected = self.expected_shapes()
+        unused = sorted(n for n in self.tensors if n not in expected and n != LM_HEAD)
+        if unused:
+            c = self.config
+            raise fail(self.tensors[unused[0]].file,
+                       f"tensor '{unused[0]}' is not used by config.json ({len(unused)} such; num_hidden_layers "
+                       f"{c.num_hidden_layers}): the config and the weights disagree")
+        for name, shape in expected.items():
             info = self.tensors.get(name)
             if info is None:
                 raise fail(self.dir, f"missing tensor '{name}' (expected shape {list(shape)})")
@@ -107,29 +116,28 @@ def _weight_files(model_dir: Path) -> tuple[list[Path], object]:
     """(weight files, reader module): safetensors first, then PyTorch .bin; an index, a single file or shards."""
     for index_name, single, pattern, reader in LAYOUTS:
         index = model_dir / index_name
-        if index.is_file():
+        if regular_file(model_dir, index):
             return _shards(model_dir, index), reader
-        if (model_dir / single).is_file():
+        if regular_file(model_dir, model_dir / single):
             return [model_dir / single], reader
         found = sorted(model_dir.glob(pattern))
         if found:
-            return found, reader
+            return [f for f in found if regular_file(model_dir, f)], reader
     raise fail(model_dir, "no weights found (model.safetensors, pytorch_model.bin or a sharded index)")
 
 
 def _shards(model_dir: Path, index: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-        names = {str(v) for v in weight_map.values()}
+        names = set(weight_map.values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise fail(index, f"cannot read the shard index: {type(e).__name__}")
     files = []
-    for n in sorted(names):
-        if "/" in n or "\\" in n or n.startswith("."):
-            raise fail(index, f"shard name '{n}' is not a file in the checkpoint directory")
-        if not (model_dir / n).is_file():
-            raise fail(model_dir / n, f"listed in {index.name} but missing")
-        files.append(model_dir / n)
+    for n in sorted(names, key=str):
+        path = member(model_dir, n, index)
+        if not regular_file(model_dir, path):
+            raise fail(path, f"listed in {index.name} but missing")
+        files.append(path)
     if not files:
         raise fail(index, "the shard index lists no files")
     return files

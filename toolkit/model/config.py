@@ -97,10 +97,7 @@ class MiniCPMConfig:
     def from_dict(cls, raw: dict, path: Path | str = "config.json") -> "MiniCPMConfig":
         _check_family(raw, path)
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "name_or_path"}
-        required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"]
-        for key in required:
-            if not isinstance(raw.get(key), int) or raw[key] <= 0:
-                raise fail(path, f"'{key}' must be a positive integer (got {raw.get(key)!r})")
+        check_fields(raw, path)
         values = {k: raw[k] for k in known if k in raw and raw[k] is not None}
         values.setdefault("num_key_value_heads", raw["num_attention_heads"])
         # "_name_or_path" in config.json, "name_or_path" in mlc-chat-config.json's model_config
@@ -126,6 +123,63 @@ class MiniCPMConfig:
 def _short(value, limit: int = 40) -> str:
     """A config value for a message: never more than ``limit`` characters."""
     text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# The schema: every field we read, its type and range. Bounds are far beyond any real model and stop sizes
+# that would overflow a product or exhaust memory before a tensor is read.
+REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+INT_RANGES = {
+    "vocab_size": (1, 1 << 22), "hidden_size": (1, 1 << 16), "num_hidden_layers": (1, 1024),
+    "num_attention_heads": (1, 1024), "num_key_value_heads": (1, 1024), "intermediate_size": (1, 1 << 18),
+    "max_position_embeddings": (1, 1 << 22), "bos_token_id": (0, 1 << 22),
+}
+FLOAT_RANGES = {  # (low, high), low exclusive
+    "rms_norm_eps": (0.0, 1.0), "rope_theta": (0.0, 1e12), "scale_emb": (0.0, 1e6), "scale_depth": (0.0, 1e6),
+    "dim_model_base": (0.0, 1e9),
+}
+BOOLS = ("tie_word_embeddings",)
+STRINGS = ("torch_dtype", "hidden_act")
+
+
+def check_fields(raw: dict, path) -> None:
+    """Types and ranges of every known field; one error naming the field and (a short form of) the value."""
+    for key in REQUIRED:
+        if raw.get(key) is None:
+            raise fail(path, f"'{key}' is missing (a positive integer)")
+    for key, (low, high) in INT_RANGES.items():
+        value = raw.get(key)
+        if value is not None and not (_is_int(value) and low <= value <= high):
+            raise fail(path, f"'{key}' must be an integer in [{low}, {high}] (got {_short(value)})")
+    for key, (low, high) in FLOAT_RANGES.items():
+        value = raw.get(key)
+        if value is not None and not (_is_number(value) and low < value <= high):
+            raise fail(path, f"'{key}' must be a finite number in ({low:g}, {high:g}] (got {_short(value)})")
+    for key in BOOLS:
+        if raw.get(key) is not None and not isinstance(raw[key], bool):
+            raise fail(path, f"'{key}' must be true or false (got {_short(raw[key])})")
+    for key in STRINGS:
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise fail(path, f"'{key}' must be a string (got {_short(raw[key])})")
+    eos = raw.get("eos_token_id")
+    if eos is not None and not (_is_int(eos) or (isinstance(eos, list) and eos and all(map(_is_int, eos)))):
+        raise fail(path, f"'eos_token_id' must be a token id or a non-empty list of them (got {_short(eos)})")
+    for e in ([] if eos is None else eos if isinstance(eos, list) else [eos]):
+        if not 0 <= e < raw["vocab_size"]:
+            raise fail(path, f"'eos_token_id' {e} is outside the vocabulary (vocab_size {raw['vocab_size']})")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value, limit: int = 40) -> str:
+    """A config value for a message: never more than ``limit`` characters."""
+    text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

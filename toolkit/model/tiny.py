@@ -117,7 +117,7 @@ def write_tiny_checkpoint(out_dir: Path, layers=2, hidden=64, heads=4, kv_heads=
                       original_max_position)
     weights = {k: v.astype(_NP_DTYPES[dtype]) for k, v in random_weights(cfg, seed).items()}
     sp_model = train_tokenizer(vocab, seed)
-    with atomic_dir(Path(out_dir), force=force) as tmp:
+    with atomic_dir(Path(out_dir), force=force, kind="checkpoint") as tmp:
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         _write_weights(tmp, weights, shards)
         (tmp / "tokenizer.model").write_bytes(sp_model)

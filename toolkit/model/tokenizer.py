@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.support.paths import regular_file
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "added_tokens.json", "special_tokens_map.json")
@@ -78,7 +79,7 @@ def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     src, dst = Path(src), Path(dst)
     copied = []
     for name in TOKENIZER_FILES:
-        if (src / name).is_file():
+        if regular_file(src, src / name):
             shutil.copyfile(src / name, dst / name)
             copied.append(name)
     if "tokenizer.json" not in copied:

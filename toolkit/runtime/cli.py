@@ -18,7 +18,7 @@ from mcpm_mobile.support.output import output_options
 @click.option("--temperature", type=click.FloatRange(min=0), help="0 = greedy (default: mlc-chat-config.json).")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), help="Nucleus sampling mass.")
 @click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True))
-@click.option("--seed", type=int, help="Random seed for sampling.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Random seed for sampling.")
 @click.option("--thinking/--no-thinking", default=None,
               help="MiniCPM4.1's hybrid reasoning. [default: as built, i.e. the template's default, thinking on]")
 @output_options
@@ -30,6 +30,8 @@ def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p,
 
     if not chat and prompt is None:
         raise MCPMError("give --prompt TEXT or --chat")
+    if prompt is not None:
+        _check_text(prompt, "--prompt")
     with out.stage("Loading the model"):
         engine = Engine(weights_dir, lib)
     if thinking is not None:
@@ -76,6 +78,7 @@ def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p,
                 break
         if not message.strip() or message.strip() in ("/exit", "/quit"):
             break
+        _check_text(message, "stdin")
         try:
             r = engine.generate(message, on_text=on_text if stream else None, continue_conversation=not first, **kwargs)
         except MCPMError as e:
@@ -90,3 +93,12 @@ def run_cmd(weights_dir, lib, prompt, chat, raw, max_tokens, temperature, top_p,
         turns.append(r.to_dict())
     if out.json:
         click.echo(json.dumps({"turns": turns}, ensure_ascii=False, indent=2))
+
+
+def _check_text(text: str, where: str) -> None:
+    from mcpm_mobile.errors import fail
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise fail(where, "is not valid UTF-8 text")

@@ -20,8 +20,10 @@ import numpy as np
 
 from mcpm_mobile.compiler.library import ModelLibrary
 from mcpm_mobile.errors import MCPMError, fail
+from mcpm_mobile.formats.tensor_cache import check_shards
 from mcpm_mobile.formats.weights import Weights
 from mcpm_mobile.runtime.sampling import SamplingParams, apply_repetition_penalty, sample_from_probs
+from mcpm_mobile.support.elf import check_library_file
 
 PAGE_SIZE = 16
 
@@ -62,12 +64,17 @@ class GenerationResult:
 
 
 class Engine:
-    """One sequence at a time on the host CPU (``Engine(weights, library).generate(...)``).
+    """One sequence at a time (``Engine(weights, library).generate(...)``), on the host CPU or, with
+    ``device="opencl"``, on an OpenCL device through our OpenCL runtime (``runtime/opencl``) for a
+    library compiled for an OpenCL target with an x86-64 host.
 
     ``threads``: TVM's thread pool size (default: every core; TVM's own default is half of them).
+    ``system_lib_prefix``: ``library`` is a shared object that links a system library registered
+    under this prefix (loaded as ``system://<prefix>``, as phone apps load their static archive).
     """
 
-    def __init__(self, weights: Weights | Path | str, library: ModelLibrary | Path | str, threads: int | None = None):
+    def __init__(self, weights: Weights | Path | str, library: ModelLibrary | Path | str, threads: int | None = None,
+                 device: str = "cpu", system_lib_prefix: str | None = None):
         import tvm
         import tvm_ffi
         from tvm import relax
@@ -77,12 +84,19 @@ class Engine:
         if not self.lib_path.is_file():
             raise fail(self.lib_path, "model library not found (build it with `mcpm-mobile compile "
                                       f"{self.weights.dir} -o {self.lib_path}`)")
-        self.weights.require_index()
+        check_shards(self.weights.dir, self.weights.require_index())  # TVM's loader trusts every offset
+        check_library_file(self.lib_path)
         self._shape = tvm_ffi.Shape
-        self.dev = tvm.cpu()
+        if device == "opencl":
+            from mcpm_mobile.runtime import opencl
+
+            opencl.device_name()  # builds and loads the device, or says why there is none
+        elif device != "cpu":
+            raise MCPMError(f"unknown device '{device}' (cpu or opencl)")
+        self.dev = tvm.device(device)
         tvm.get_global_func("runtime.config_threadpool")(1, threads or os.cpu_count() or 1)
         try:
-            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.lib_path)), self.dev)
+            self.vm = relax.VirtualMachine(self._load_library(system_lib_prefix), self.dev)
             self.metadata = json.loads(str(self.vm["_metadata"]()))
         except MCPMError:
             raise
@@ -106,6 +120,18 @@ class Engine:
         self.kv = None
         self.history: list[int] = []  # tokens in the KV cache
         self._load_tokenizer()
+
+    def _load_library(self, system_lib_prefix: str | None):
+        """The library module: a shared library, or (with a prefix) a shared object linking a system
+        library, found as ``system://<prefix>`` the way phone apps load their static archive."""
+        import ctypes
+
+        import tvm
+
+        if system_lib_prefix is None:
+            return tvm.runtime.load_module(str(self.lib_path))
+        ctypes.CDLL(str(self.lib_path.resolve()), mode=ctypes.RTLD_GLOBAL)
+        return tvm.runtime.system_lib(system_lib_prefix)
 
     # --- tokenizer and chat template ----------------------------------------------------------
     def _load_tokenizer(self) -> None:

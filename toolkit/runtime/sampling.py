@@ -5,11 +5,14 @@ MLC's runtime); everything here is numpy on one row of float32 logits.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 GREEDY_TEMPERATURE = 1e-5  # at or below this, sampling is argmax
+MAX_TEMPERATURE = 100.0
+PENALTY_RANGE = (0.01, 100.0)  # outside it logits overflow or the penalty inverts nothing useful
 
 
 @dataclass
@@ -27,12 +30,16 @@ class SamplingParams:
 
         if self.max_tokens < 0:
             raise MCPMError(f"max tokens must be >= 0 (got {self.max_tokens})")
-        if self.temperature < 0:
-            raise MCPMError(f"temperature must be >= 0 (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):
+            raise MCPMError(f"temperature must be in [0, {MAX_TEMPERATURE:g}] (got {self.temperature})")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise MCPMError(f"top-p must be in (0, 1] (got {self.top_p})")
-        if self.repetition_penalty <= 0:
-            raise MCPMError(f"repetition penalty must be > 0 (got {self.repetition_penalty})")
+        if not (math.isfinite(self.repetition_penalty) and PENALTY_RANGE[0] <= self.repetition_penalty
+                <= PENALTY_RANGE[1]):
+            raise MCPMError(f"repetition penalty must be in [{PENALTY_RANGE[0]:g}, {PENALTY_RANGE[1]:g}] "
+                            f"(got {self.repetition_penalty})")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise MCPMError(f"seed must be in [0, 2**63) (got {self.seed})")
 
     @property
     def greedy(self) -> bool:

@@ -6,6 +6,7 @@ Format: 8-byte little-endian header length, a JSON header
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,26 +63,36 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     out = {}
     for name, h in header.items():
         try:
-            dtype, shape, (b, e) = h["dtype"], tuple(int(s) for s in h["shape"]), h["data_offsets"]
+            dtype, shape, (b, e) = h["dtype"], tuple(h["shape"]), h["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise fail(path, f"corrupt safetensors entry for tensor '{name}'")
+            raise fail(path, f"corrupt safetensors entry for tensor '{name[:80]}'")
+        if not all(_is_count(v) for v in (*shape, b, e)):
+            raise fail(path, f"corrupt safetensors entry for tensor '{name[:80]}' (shape and offsets must be "
+                             "non-negative integers)")
         if dtype not in DTYPES:
-            raise fail(path, f"tensor '{name}' has unsupported dtype {dtype}")
-        expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
-        if e - b != expected or b < 0:
+            raise fail(path, f"tensor '{name}' has unsupported dtype {str(dtype)[:20]}")
+        expected = math.prod(shape) * DTYPES[dtype].itemsize  # Python ints: no overflow to 0
+        if e - b != expected:
             raise fail(path, f"tensor '{name}': byte range {b}..{e} does not match shape {list(shape)} {dtype}")
         if data_start + e > size:
             raise fail(path, f"truncated: tensor '{name}' ends at byte {data_start + e} "
                              f"but the file has {size} bytes")
         out[name] = TensorInfo(name, path, dtype, shape, data_start + b, data_start + e)
+    spans = sorted((i.begin, i.end, i.name) for i in out.values() if i.end > i.begin)
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+        if begin < end:
+            raise fail(path, f"tensors '{a}' and '{b}' overlap (aliased data is not a valid safetensors file)")
     return out
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def load(info: TensorInfo) -> np.ndarray:
     """A read-only memory-mapped view of one tensor (no copy)."""
     dtype = DTYPES[info.dtype]
-    count = int(np.prod(info.shape, dtype=np.int64))
-    if count == 0:
+    if math.prod(info.shape) == 0:
         return np.zeros(info.shape, dtype)
     mm = np.memmap(info.file, dtype=np.uint8, mode="r", offset=info.begin, shape=(info.nbytes,))
     return mm.view(dtype).reshape(info.shape)
