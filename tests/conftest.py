@@ -16,6 +16,11 @@ VARIANTS = {
     "gqa_untied": dict(layers=2, hidden=64, heads=4, kv_heads=2, vocab=512, tied=False, dtype="float16", seed=1),
     "gqa_tied_f32": dict(layers=3, hidden=128, heads=4, kv_heads=1, vocab=640, tied=True, dtype="float32", seed=2),
     "mha_untied_sharded": dict(layers=2, hidden=96, heads=3, vocab=512, tied=None, dtype="bfloat16", seed=3, shards=3),
+    # LongRoPE (tests/test_longrope.py): max_position_embeddings equal to / 4x original_max_position_embeddings
+    "longrope_equal_mha": dict(layers=2, hidden=64, heads=4, vocab=512, tied=True, dtype="float32", seed=4,
+                               max_position=512, rope_scaling="longrope"),
+    "longrope_larger_gqa": dict(layers=2, hidden=64, heads=4, kv_heads=2, vocab=512, tied=False, dtype="float32",
+                                seed=5, max_position=512, rope_scaling="longrope", original_max_position=128),
 }
 
 

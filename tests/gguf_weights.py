@@ -42,6 +42,8 @@ def tensor_array(t) -> np.ndarray:
 def dequantized_hf_weights(path: Path, n_head: int, n_kv_head: int) -> dict[str, np.ndarray]:
     weights = {}
     for t in GGUFReader(path).tensors:
+        if t.name.startswith("rope_factors_"):  # LongRoPE factors, not a checkpoint weight
+            continue
         w = tensor_array(t).astype(np.float64)
         if ".attn_q." in t.name:
             w = w[hf_rows(w.shape[0], n_head)]

@@ -4,10 +4,16 @@ It shares no code with the TVM model (``mcpm_mobile.model``): it reads the *HF* 
 (``q_proj``/``k_proj``/``v_proj``, ``gate_proj``/``up_proj``, unpermuted) straight from the
 safetensors files with its own parser, applies rotate-half RoPE to q and k itself, and recomputes
 the whole sequence for every step (no cache).
+
+LongRoPE (``rope_scaling`` with ``rope_type``/``type`` "longrope") follows OpenBMB's ``MiniCPMLongRoPE``:
+the cos/sin table is built for ``max_position_embeddings`` positions (rebuilt longer only for a longer
+input) with the long factors when the table is longer than ``original_max_position_embeddings``, else
+the short ones, and cos/sin are multiplied by ``sqrt(1 + ln(max_pos / orig) / ln(orig))``.
 """
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -60,17 +66,36 @@ class ReferenceMiniCPM:
         self.hd = self.H // self.nh
         self.eps = config.get("rms_norm_eps", 1e-6)
         self.theta = config.get("rope_theta", 10000.0)
+        self.max_pos = config.get("max_position_embeddings", 2048)
         self.tied = "lm_head.weight" not in self.w
+        self._tables = {}
+
+    def rope_table(self, n: int):
+        """cos, sin [n, hd] as ``_set_cos_sin_cache(seq_len=n)`` builds them."""
+        inv = 1.0 / (self.theta ** (np.arange(0, self.hd, 2, dtype=np.float64) / self.hd))
+        t = np.arange(n, dtype=np.float64)
+        rs = self.c.get("rope_scaling")
+        if rs:
+            assert rs.get("rope_type", rs.get("type")) == "longrope"
+            orig = rs["original_max_position_embeddings"]
+            ext = np.array(rs["long_factor"] if n > orig else rs["short_factor"], np.float64)
+            amp = math.sqrt(1 + math.log(self.max_pos / orig) / math.log(orig))
+            freqs = np.outer(t, 1.0 / ext) * inv
+        else:
+            amp, freqs = 1.0, np.outer(t, inv)
+        emb = np.concatenate([freqs, freqs], axis=-1)
+        return np.cos(emb) * amp, np.sin(emb) * amp
 
     def _rms(self, x, w):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
 
     def _rope(self, x, pos):
         # x: [heads, T, hd]; HF rotate_half with cos/sin of concatenated frequencies
-        inv = 1.0 / (self.theta ** (np.arange(0, self.hd, 2, dtype=np.float64) / self.hd))
-        freqs = np.outer(pos.astype(np.float64), inv)
-        emb = np.concatenate([freqs, freqs], axis=-1)
-        cos, sin = np.cos(emb), np.sin(emb)
+        n = max(self.max_pos, len(pos))
+        if n not in self._tables:
+            self._tables[n] = self.rope_table(n)
+        cos, sin = self._tables[n]
+        cos, sin = cos[pos], sin[pos]
         half = self.hd // 2
         rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
         return x * cos + rot * sin

@@ -194,12 +194,13 @@ def test_int8_accuracy_level_stays_close(onnx_dir, tiny_dir):
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
 
 
-def _genai_greedy(out, prompt, n):
+def _genai_greedy(out, prompt, n, **search):
+    """Greedy tokens of onnxruntime-genai on the exported directory; ``search``: more search options."""
     import onnxruntime_genai as og
 
     model = og.Model(str(out))
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(prompt) + n)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + n, **search)
     gen = og.Generator(model, params)
     gen.append_tokens(np.array(prompt, np.int32))
     tokens = []

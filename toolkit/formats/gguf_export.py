@@ -73,6 +73,7 @@ class PlannedTensor:
     shape: tuple[int, ...]  # HF (out, in); GGUF's ne is this reversed
     qtype: Q
     rope_heads: int = 0  # > 0: rows reordered for llama.cpp's RoPE with this many heads
+    values: tuple[float, ...] | None = None  # data not read from the checkpoint (LongRoPE factors)
 
     @property
     def nbytes(self) -> int:
@@ -95,7 +96,7 @@ def tensor_plan(config: MiniCPMConfig, weight_type: str = "q4_0") -> list[Planne
     c = config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MINICPM, c.num_hidden_layers)
     rope_heads = {"self_attn.q_proj": c.num_attention_heads, "self_attn.k_proj": c.num_key_value_heads}
-    plan = []
+    plan = rope_factor_tensors(c)
     for hf, shape in hf_shapes(c).items():
         name = names.get_name(hf, try_suffixes=(".weight",))
         if len(shape) == 1:
@@ -109,6 +110,25 @@ def tensor_plan(config: MiniCPMConfig, weight_type: str = "q4_0") -> list[Planne
     return plan
 
 
+def rope_factor_tensors(c: MiniCPMConfig) -> list[PlannedTensor]:
+    """``rope_factors_long``/``rope_factors_short`` for LongRoPE, as llama.cpp's converter names them.
+
+    llama.cpp takes the long tensor when its context exceeds ``rope.scaling.original_context_length``,
+    OpenBMB's model takes the long factors at every position when ``max_position_embeddings`` exceeds
+    ``original_max_position_embeddings``. So when it does, both tensors hold the long factors (the
+    reference never applies the short ones then); when the two are equal, each holds its own and both
+    engines switch to the long ones only past ``max_position_embeddings``. See docs/longrope.md."""
+    lr = c.longrope
+    if lr is None:
+        return []
+    short = lr.long_factor if lr.uses_long else lr.short_factor
+    names = gguf.TENSOR_NAMES
+    return [PlannedTensor(names[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight", "", (len(lr.long_factor),), Q.F32,
+                          values=lr.long_factor),
+            PlannedTensor(names[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight", "", (len(short),), Q.F32,
+                          values=short)]
+
+
 def check_openbmb(config: MiniCPMConfig, config_path: Path) -> None:
     """Refuse checkpoints that OpenBMB's fork would run with the wrong (hard-coded MiniCPM-2B) scales."""
     have = {"scale_emb": float(config.scale_emb), "residual_scale": config.residual_scale,
@@ -117,6 +137,8 @@ def check_openbmb(config: MiniCPMConfig, config_path: Path) -> None:
              if not math.isclose(have[k], v, rel_tol=1e-6)]
     if not config.tie_word_embeddings:
         wrong.append("untied lm_head (the fork always uses the embedding as output)")
+    if config.longrope is not None:
+        wrong.append("LongRoPE rope_scaling (the fork runs MiniCPM-2B's plain RoPE)")
     if wrong:
         raise fail(config_path, "$flavor openbmb: OpenBMB's LLMFarm fork hard-codes MiniCPM-2B's scalings "
                                 "(scale_emb 12, scale_depth/sqrt(layers) = 1.4/sqrt(40), hidden/dim_model_base 9, "
@@ -157,6 +179,10 @@ def _add_metadata(w: gguf.GGUFWriter, c: MiniCPMConfig, vocab: Vocab, weight_typ
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_rope_dimension_count(c.head_dim)
     w.add_rope_freq_base(float(c.rope_theta))
+    if c.longrope is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+        w.add_rope_scaling_orig_ctx_len(c.longrope.original_max_position_embeddings)
+        w.add_rope_scaling_attn_factors(c.longrope.amplitude)
     w.add_layer_norm_rms_eps(float(c.rms_norm_eps))
     if flavor == "minicpm":
         # Optional in llama.cpp, but its defaults are MiniCPM-2B's, and the logit one is inverted.
@@ -228,6 +254,11 @@ def export_gguf(ckpt: Checkpoint | Path | str, out_path: Path | str, weight_type
 
 def _write_tensor(ckpt: Checkpoint, t: PlannedTensor, fout, advance):
     """Convert ``t`` and append it to ``fout``; yields the number of bytes written per chunk."""
+    if t.values is not None:
+        data = np.array(t.values, np.float32)
+        data.tofile(fout)
+        yield data.nbytes
+        return
     info = ckpt.tensors[t.source]
     if t.rope_heads:  # a row permutation across the whole matrix: convert it in one piece
         data = quantize(llama_permute(ckpt.get(t.source), t.rope_heads), t.qtype)

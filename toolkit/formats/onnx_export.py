@@ -43,7 +43,7 @@ from onnx import TensorProto, helper
 from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.formats import chat_config, genai_config
 from mcpm_mobile.formats.onnx_weights import BLOCK_SIZES, ExternalData, quantize_blocks
-from mcpm_mobile.model import chat_format
+from mcpm_mobile.model import chat_format, rope
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.quantization import num_groups
@@ -190,12 +190,13 @@ class Exporter:
         return normed, total
 
     def rotary_caches(self) -> tuple[str, str]:
-        """cos/sin of ``position * theta^(-2i/d)`` for every position up to the model's context, [context, d/2]."""
-        d = self.c.head_dim
-        inv = 1.0 / (self.c.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
-        angles = np.outer(np.arange(self.context, dtype=np.float64), inv)
-        return (self.g.weight("cos_cache", np.cos(angles).astype(np.float32)),
-                self.g.weight("sin_cache", np.sin(angles).astype(np.float32)))
+        """cos/sin of ``position * theta^(-2i/d)`` for every position up to the model's context, [context, d/2].
+
+        With LongRoPE the frequencies are divided by the factors OpenBMB's model applies and both tables
+        carry its amplitude: GroupQueryAttention computes ``x * cos + rotate_half(x) * sin`` from them."""
+        cos, sin = rope.cos_sin(self.context, self.c.head_dim, self.c.rope_theta, self.c.longrope)
+        return (self.g.weight("cos_cache", cos.astype(np.float32)),
+                self.g.weight("sin_cache", sin.astype(np.float32)))
 
     def attention(self, i: int, h: str, lengths: tuple[str, str], rotary: tuple[str, str]) -> str:
         c, p = self.c, f"model.layers.{i}.self_attn"

@@ -18,7 +18,7 @@ from mcpm_mobile.model.quantization import QUANTIZATIONS, Quantization
 # model_config keys a library records (metadata "mcpm.model_config") to refuse weights of another model
 LIBRARY_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                        "intermediate_size", "rms_norm_eps", "rope_theta", "scale_emb", "scale_depth",
-                       "dim_model_base")
+                       "dim_model_base", "max_position_embeddings", "rope_scaling")
 
 
 @dataclass
@@ -107,10 +107,13 @@ class Weights:
                                 "compile the library again for these weights")
         recorded = (metadata.get("mcpm") or {}).get("model_config") or {}
         for key, value in recorded.items():
-            have = getattr(self.config, key, None)
-            if have is not None and value != have:
-                raise fail(lib, f"library was compiled for a different model ({key}={value}, the weights in "
-                                f"{self.dir} have {have})")
+            if not hasattr(self.config, key) or value == getattr(self.config, key):
+                continue
+            if key == "rope_scaling":  # None (plain RoPE) counts; the factor lists are too long to print
+                raise fail(lib, f"library was compiled for a different model (its rope_scaling differs from that "
+                                f"of the weights in {self.dir})")
+            raise fail(lib, f"library was compiled for a different model ({key}={value}, the weights in "
+                            f"{self.dir} have {getattr(self.config, key)})")
         stored = self.records
         index = self.dir / tensor_cache.INDEX
         for p in metadata["params"]:

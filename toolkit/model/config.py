@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcpm_mobile.errors import fail
+from mcpm_mobile.model.rope import LongRoPE, parse_rope_scaling
 from mcpm_mobile.support.jsonio import read_json
 
 SUPPORTED_ARCH = "MiniCPMForCausalLM"
@@ -46,6 +47,7 @@ class MiniCPMConfig:
     eos_token_id: int | list[int] = 2
     torch_dtype: str = "bfloat16"
     hidden_act: str = "silu"
+    rope_scaling: dict | None = None  # normalised LongRoPE entry (see mcpm_mobile.model.rope), or None
     name_or_path: str = ""
     extra: dict = field(default_factory=dict, repr=False)
 
@@ -62,6 +64,12 @@ class MiniCPMConfig:
     def logit_scale(self) -> float:
         """The final hidden state is divided by ``hidden_size / dim_model_base`` (HF semantics)."""
         return self.hidden_size / self.dim_model_base
+
+    @property
+    def longrope(self) -> LongRoPE | None:
+        if not self.rope_scaling:
+            return None
+        return parse_rope_scaling(self.rope_scaling, {}, self.max_position_embeddings, self.head_dim, "config.json")
 
     @property
     def is_test_checkpoint(self) -> bool:
@@ -110,10 +118,8 @@ class MiniCPMConfig:
                              f"num_key_value_heads {self.num_key_value_heads}")
         if self.hidden_act != "silu":
             raise fail(path, f"hidden_act '{_short(self.hidden_act)}' is not supported (MiniCPM uses silu)")
-        scaling = self.extra.get("rope_scaling")
-        if scaling:
-            kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
-            raise fail(path, f"rope_scaling type '{_short(kind)}' is not supported (plain RoPE only)")
+        rope = parse_rope_scaling(self.rope_scaling, self.extra, self.max_position_embeddings, self.head_dim, path)
+        self.rope_scaling = rope.to_config() if rope else None
 
 
 def _short(value, limit: int = 40) -> str:

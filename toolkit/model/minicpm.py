@@ -9,7 +9,10 @@ Architecture (Hugging Face ``modeling_minicpm.py`` semantics)::
 
 Attention uses a fused ``wqkv_pack`` (q, k, v concatenated along the output dim), RoPE applied
 inside TVM's paged KV cache (``RopeMode.NORMAL`` = rotate-half on the unpermuted weights) and
-grouped-query heads. The MLP is SwiGLU with a fused ``gate_up_proj``.
+grouped-query heads. With LongRoPE the model rotates q and k itself (:func:`longrope`, positions from
+the cache) and the cache runs in ``RopeMode.NONE``: TVM 0.27's own longrope kernel cannot be built
+(``position_embedding.py`` tests a Buffer's truth value) and would switch factors by call length (see
+docs/longrope.md). The MLP is SwiGLU with a fused ``gate_up_proj``.
 
 Parameter names, shapes and dtypes are exactly those ``mcpm_mobile.quantize`` writes (MLC-LLM's):
 ``model.embed_tokens.{q_weight,q_scale}``, ``model.layers.{i}.self_attn.wqkv_pack.*``,
@@ -19,8 +22,9 @@ Parameter names, shapes and dtypes are exactly those ``mcpm_mobile.quantize`` wr
 """
 from __future__ import annotations
 
+import numpy as np
 import tvm
-from tvm import te
+from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
@@ -28,6 +32,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.quantized_linear import QEmbedding, QLinear
 from mcpm_mobile.model.quantization import Quantization
+from mcpm_mobile.model.rope import inv_freq
 
 
 class MiniCPMAttention(nn.Module):
@@ -38,9 +43,14 @@ class MiniCPMAttention(nn.Module):
         self.wqkv_pack = QLinear(cfg.hidden_size, (self.hq + 2 * self.hkv) * self.d, dt, quant.quantized, quant.layout)
         self.o_proj = QLinear(self.hq * self.d, cfg.hidden_size, dt, quant.quantized, quant.layout)
 
-    def forward(self, x: nn.Tensor, kv: PagedKVCache, layer_id: int) -> nn.Tensor:
+    def forward(self, x: nn.Tensor, kv: PagedKVCache, layer_id: int, rope=None) -> nn.Tensor:
         b, s, _ = x.shape
         qkv = op.reshape(self.wqkv_pack(x), (b, s, self.hq + 2 * self.hkv, self.d))
+        if rope is not None:
+            positions, inv, amplitude = rope
+            rotated = longrope(op.reshape(qkv, (b * s, self.hq + 2 * self.hkv, self.d)), positions, inv,
+                               self.hq + self.hkv, amplitude)
+            qkv = op.reshape(rotated, (b, s, self.hq + 2 * self.hkv, self.d))
         o = kv.attention_with_fused_qkv(layer_id, qkv, self.hq, sm_scale=self.d ** -0.5)
         return self.o_proj(op.reshape(o, (b, s, self.hq * self.d)))
 
@@ -68,8 +78,8 @@ class MiniCPMDecoderLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=dt)
         self.residual_scale = cfg.residual_scale
 
-    def forward(self, h: nn.Tensor, kv: PagedKVCache, layer_id: int) -> nn.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), kv, layer_id) * self.residual_scale
+    def forward(self, h: nn.Tensor, kv: PagedKVCache, layer_id: int, rope=None) -> nn.Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), kv, layer_id, rope) * self.residual_scale
         return h + self.mlp(self.post_attention_layernorm(h)) * self.residual_scale
 
 
@@ -79,10 +89,17 @@ class MiniCPMModel(nn.Module):
         self.embed_tokens = QEmbedding(cfg.vocab_size, cfg.hidden_size, quant.model_dtype, quant.quantized)
         self.layers = nn.ModuleList([MiniCPMDecoderLayer(cfg, quant) for _ in range(cfg.num_hidden_layers)])
         self.norm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=quant.model_dtype)
+        self.cfg = cfg
 
     def forward(self, h: nn.Tensor, kv: PagedKVCache) -> nn.Tensor:
+        rope = None
+        lr = self.cfg.longrope
+        if lr is not None:
+            b, s, _ = h.shape
+            inv = nn.Tensor.from_const(inv_freq(self.cfg.head_dim, self.cfg.rope_theta, lr).astype(np.float32))
+            rope = (kv.get_query_positions(b * s), inv, lr.amplitude)
         for i, layer in enumerate(self.layers):
-            h = layer(h, kv, i)
+            h = layer(h, kv, i, rope)
         return h
 
 
@@ -147,7 +164,8 @@ class MiniCPMForCausalLM(nn.Module):
             layer_partition=tvm.relax.ShapeExpr([0, c.num_hidden_layers]),
             num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
             num_key_value_heads=c.num_key_value_heads, qk_head_dim=c.head_dim, v_head_dim=c.head_dim,
-            mla_original_qk_head_dim=0, mla_original_v_head_dim=0, rope_mode=RopeMode.NORMAL, rope_scale=1,
+            mla_original_qk_head_dim=0, mla_original_v_head_dim=0, rope_scale=1,
+            rope_mode=RopeMode.NONE if c.longrope else RopeMode.NORMAL,
             rope_theta=c.rope_theta, rope_scaling={}, rope_ext_factors=tvm.relax.prim_value(0),
             rotary_dim=c.head_dim, enable_disaggregation=False, dtype=self.dtype, target=self.target)
 
@@ -170,6 +188,27 @@ class MiniCPMForCausalLM(nn.Module):
                 "max_batch_size": int, "max_total_seq_len": int, "prefill_chunk_size": int, "page_size": int,
                 "support_sliding_window": int, "$": {"param_mode": "none", "effect_mode": "none"}},
         }
+
+
+def longrope(qkv: nn.Tensor, positions: nn.Tensor, inv: nn.Tensor, rotated_heads: int, amplitude: float):
+    """Rotate-half RoPE on the first ``rotated_heads`` heads of ``qkv`` [n, heads, d] (q and k, not v).
+
+    Float32 math as TVM's own rope kernel: ``angle = position * inv[j mod d/2]`` with the LongRoPE-divided
+    frequencies ``inv``, cos and sin times ``amplitude``. Opaque, so it is not fused into the qkv GEMV
+    (whose schedules match the plain dequantize-matmul)."""
+    def compute(x: te.Tensor, pos: te.Tensor, freq: te.Tensor):
+        half = int(x.shape[2]) // 2
+        amp = tirx.const(amplitude, "float32")
+
+        def f(i, h, j):
+            angle = pos[i].astype("float32") * freq[j % half]
+            other = tirx.if_then_else(j < half, -x[i, h, j + half], x[i, h, j - half]).astype("float32")
+            out = (tirx.cos(angle) * x[i, h, j].astype("float32") + tirx.sin(angle) * other) * amp
+            return tirx.if_then_else(h < rotated_heads, out.astype(x.dtype), x[i, h, j])
+
+        return te.compute(x.shape, f, name="longrope")
+
+    return op.tensor_expr_op(compute, "longrope", [qkv, positions, inv], attrs={"op_pattern": 8})
 
 
 def build_model(cfg: MiniCPMConfig, quant: Quantization, target: tvm.target.Target, tied: bool | None = None):

@@ -58,8 +58,16 @@ def train_tokenizer(vocab_size: int, seed: int = 0, pieces: list[str] | None = N
     return buf.getvalue()
 
 
+def longrope_factors(head_dim: int) -> dict:
+    """Stand-in LongRoPE factors: short ones grow from 1 to 100 across the dimension pairs, as MiniCPM4's do
+    (about 1 to 124); long ones run differently (2 to 20), so using the wrong set shows in the logits."""
+    half = head_dim // 2
+    return {"short_factor": [round(float(x), 6) for x in np.geomspace(1.0, 100.0, half)],
+            "long_factor": [round(float(x), 6) for x in np.geomspace(2.0, 20.0, half)]}
+
+
 def tiny_config(layers=2, hidden=64, heads=4, kv_heads=None, intermediate=None, vocab=512, tied=True,
-                dtype="bfloat16", max_position=512) -> dict:
+                dtype="bfloat16", max_position=512, rope_scaling=None, original_max_position=None) -> dict:
     cfg = {
         "architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "_name_or_path": TEST_CHECKPOINT_NAME,
         "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
@@ -71,6 +79,11 @@ def tiny_config(layers=2, hidden=64, heads=4, kv_heads=None, intermediate=None, 
     }
     if tied is not None:
         cfg["tie_word_embeddings"] = bool(tied)
+    if rope_scaling == "longrope":  # key order and names as MiniCPM4's config.json
+        cfg["rope_scaling"] = {"rope_type": "longrope", **longrope_factors(hidden // heads),
+                               "original_max_position_embeddings": original_max_position or max_position}
+    elif rope_scaling is not None:
+        raise ValueError(f"unknown rope_scaling {rope_scaling!r}")
     return cfg
 
 
@@ -95,9 +108,13 @@ _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtype
 
 def write_tiny_checkpoint(out_dir: Path, layers=2, hidden=64, heads=4, kv_heads=None, intermediate=None,
                           vocab=512, tied=True, dtype="bfloat16", seed=0, shards=1, max_position=512,
-                          force=False) -> Path:
-    """Write a random MiniCPM checkpoint in HF layout to ``out_dir`` (atomically)."""
-    cfg = tiny_config(layers, hidden, heads, kv_heads, intermediate, vocab, tied, dtype, max_position)
+                          rope_scaling=None, original_max_position=None, force=False) -> Path:
+    """Write a random MiniCPM checkpoint in HF layout to ``out_dir`` (atomically).
+
+    ``rope_scaling="longrope"`` adds MiniCPM4-style LongRoPE factors with ``original_max_position``
+    (default ``max_position``: the short factors apply; smaller: the long ones and an amplitude > 1)."""
+    cfg = tiny_config(layers, hidden, heads, kv_heads, intermediate, vocab, tied, dtype, max_position, rope_scaling,
+                      original_max_position)
     weights = {k: v.astype(_NP_DTYPES[dtype]) for k, v in random_weights(cfg, seed).items()}
     sp_model = train_tokenizer(vocab, seed)
     with atomic_dir(Path(out_dir), force=force, kind="checkpoint") as tmp:
