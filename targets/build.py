@@ -60,9 +60,10 @@ def check_gguf_type(target: Target, gguf_type: str | None) -> None:
     if gguf_type is None:
         return
     if target.package != "mlc-ios":
-        raise MCPMError(f"--gguf-type: the {target.name} package has no GGUF (it is for --target ios's LLMFarm folder)")
+        raise MCPMError(f"$gguf_type: the {target.name} package has no GGUF of a chosen type (it is for $target "
+                        "ios's LLMFarm folder)")
     if gguf_type not in GGUF_TYPES:
-        raise fail("--gguf-type", f"unknown '{gguf_type}' (choose from {', '.join(GGUF_TYPES)})")
+        raise MCPMError(f"$gguf_type: unknown '{gguf_type}' (choose from {', '.join(GGUF_TYPES)})")
 
 
 def build(model_dir: Path, target: str, out_dir: Path, quantization: str | None = None, runtime: str = "mlc",

@@ -124,7 +124,6 @@ def devices_cmd(os_name, min_ram, profile, context, runtime, no_entitlement, as_
     if calibration:
         _show_calibration(cal, output, as_csv)
         return
-    ctx = verdicts[0].context if verdicts else profile.default_context
     data = {"model": profile.to_dict(), "context": context, "runtime": runtime or "auto",
             "phones": [v.to_dict() for v in verdicts]}
     if as_csv:

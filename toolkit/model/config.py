@@ -117,15 +117,9 @@ class MiniCPMConfig:
             raise fail(path, f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}")
         if self.hidden_act != "silu":
-            raise fail(path, f"hidden_act '{_short(self.hidden_act)}' is not supported (MiniCPM uses silu)")
+            raise fail(path, f"hidden_act {_short(self.hidden_act)} is not supported (MiniCPM uses silu)")
         rope = parse_rope_scaling(self.rope_scaling, self.extra, self.max_position_embeddings, self.head_dim, path)
         self.rope_scaling = rope.to_config() if rope else None
-
-
-def _short(value, limit: int = 40) -> str:
-    """A config value for a message: never more than ``limit`` characters."""
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # The schema: every field we read, its type and range. Bounds are far beyond any real model and stop sizes
@@ -206,4 +200,4 @@ def _check_family(raw: dict, path) -> None:
                          f"mcpm-mobile's kernels implement SiLU; {SUPPORTED}")
     if SUPPORTED_ARCH not in archs and model_type != "minicpm":
         what = ", ".join(_short(a) for a in archs[:3]) or "no architectures"
-        raise fail(path, f"not a MiniCPM checkpoint ({what}, model_type '{_short(model_type)}'); {SUPPORTED}")
+        raise fail(path, f"not a MiniCPM checkpoint ({what}, model_type {_short(model_type)}); {SUPPORTED}")
