@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from checkpoint import SHAPES, make  # noqa: E402
-from measure import run, run_json  # noqa: E402
+from measure import run, run_json, replace_section  # noqa: E402
 
 CLI = Path(sys.executable).parent / "mcpm-mobile"
 BEGIN, END = "<!-- make eval: begin -->", "<!-- make eval: end -->"
@@ -172,14 +172,7 @@ def render(r: dict) -> str:
 
 
 def write_benchmarks(report: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n## `make eval`: what INT4 costs (KL divergence from the float model)\n\n{report}\n{END}"
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(ROOT / "BENCHMARKS.md", BEGIN, END, "`make eval`: what INT4 costs (KL divergence from the float model)", report)
 
 
 if __name__ == "__main__":

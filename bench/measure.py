@@ -48,3 +48,14 @@ def spread(values: list[float], higher_is_better: bool = True) -> dict:
     v = sorted(values)
     return {"best": v[-1] if higher_is_better else v[0], "median": round(statistics.median(v), 3),
             "min": v[0], "max": v[-1], "n": len(v)}
+
+
+def replace_section(path: Path, begin: str, end: str, title: str, report: str) -> None:
+    """Write ``report`` under ``title`` between the ``begin``/``end`` markers of ``path`` (appended if absent)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n## {title}\n\n{report}\n{end}"
+    if begin in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from checkpoint import checkpoint_bytes, shape_dims  # noqa: E402
-from measure import run_json  # noqa: E402
+from measure import run_json, replace_section  # noqa: E402
 from report import render, plot, targets  # noqa: E402
 
 CLI = Path(sys.executable).parent / "mcpm-mobile"
@@ -182,14 +182,7 @@ def main() -> None:
 
 
 def write_benchmarks(report: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n## `make bench`: mcpm-mobile beside llama.cpp\n\n{report}\n{END}"
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(ROOT / "BENCHMARKS.md", BEGIN, END, "`make bench`: mcpm-mobile beside llama.cpp", report)
 
 
 if __name__ == "__main__":
