@@ -54,7 +54,7 @@ def quantize(ckpt: Checkpoint, quant: Quantization, out_dir: Path | str, force: 
                 for param in param_plan(ckpt.config):
                     _convert_param(ckpt, param, quant, writer, advance, pool)
         index = writer.finish()
-        files = copy_tokenizer_files(ckpt.dir, tmp)
+        files = copy_tokenizer_files(ckpt.dir, tmp, ckpt.config.vocab_size)
         generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True, root=ckpt.dir)
         cfg = chat_config.build(ckpt.config, quant.name, files, tokenizer_info(tmp / "tokenizer.json"),
                                 generation, context_window, prefill_chunk, chat_format=fmt)

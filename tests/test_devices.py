@@ -12,7 +12,8 @@ from mcpm_mobile.devices import (ModelProfile, check_device, evaluate, fit_repor
                                  model_profile_from_path, reference_phones, require_fit)
 from mcpm_mobile.devices import memory, profiles, speed
 from mcpm_mobile.devices.cli import check_cmd as check, check_text, devices_cmd as devices
-from mcpm_mobile.devices.model_profile import MODEL_PRESETS, Arch
+from mcpm_mobile.devices.model_profile import MODEL_PRESETS
+from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.errors import MCPMError
 
 GIB = 1 << 30
@@ -297,8 +298,8 @@ def test_runtime_backend_rules(two_b):
 
 
 def test_models_outside_the_calibrated_range_get_no_speed():
-    tiny = ModelProfile.from_arch(Arch(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                       num_key_value_heads=4, intermediate_size=128), "q4f16_1", "tiny")
+    tiny = ModelProfile.from_arch(MiniCPMConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=4, intermediate_size=128), "q4f16_1", "tiny")
     v = check_device(tiny, "Xiaomi 14", 256)
     assert v.decode_tps is None and v.speed.decode_low is None and v.speed.measured == []
     assert "below the calibrated range" in v.speed.note and "speed unknown" in v.line()

@@ -572,3 +572,16 @@ def test_verify_catches(case, packages, tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and needle.lower() in lines[0].lower(), r.output
+
+
+def test_tokenizer_ids_beyond_the_vocabulary(ckpt, tmp_path):
+    """A tokenizer with more tokens than the embedding has rows would crash `run` at the first such id."""
+    path = ckpt / "config.json"
+    data = json.loads(path.read_text())
+    data["vocab_size"] = 300  # the tiny tokenizer has 512 tokens; the embedding must shrink with it
+    path.write_text(json.dumps(data))
+    info = safetensors_io.read_header(ckpt / "model.safetensors")
+    tensors = {n: np.array(safetensors_io.load(i)) for n, i in info.items()}
+    tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"][:300]
+    safetensors_io.write(ckpt / "model.safetensors", tensors)
+    guarded(tmp_path, ["quantize", ckpt, "-o", tmp_path / "out"], "outside the model's vocabulary")

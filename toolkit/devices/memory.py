@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from mcpm_mobile.devices import profiles
 
 if TYPE_CHECKING:
-    from mcpm_mobile.devices.model_profile import Arch, ModelProfile
+    from mcpm_mobile.devices.model_profile import ModelProfile
+    from mcpm_mobile.model.config import MiniCPMConfig
 
 # Reports of the same limit differ by about this much (2.87 vs 3.12 GB on 6 GB iPhones; 4.0 vs 4.2 GB
 # with the entitlement), so a margin smaller than this is called tight rather than fits.
@@ -27,7 +28,7 @@ def kv_cache_bytes(layers: int, kv_heads: int, head_dim: int, tokens: int, dtype
     return layers * 2 * kv_heads * head_dim * tokens * dtype_bytes
 
 
-def estimate_workspace(arch: "Arch", dtype_bytes: int, prefill_chunk: int) -> int:
+def estimate_workspace(arch: "MiniCPMConfig", dtype_bytes: int, prefill_chunk: int) -> int:
     """Activation memory when no compiled library's ``memory_usage`` is at hand.
 
     One prefill chunk holds about 6 hidden-sized and 3 FFN-sized activations per token (residual,

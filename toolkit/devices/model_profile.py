@@ -9,7 +9,7 @@ the artifacts themselves (:meth:`ModelProfile.from_weights`), as ``build`` does.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcpm_mobile.devices import memory
@@ -83,39 +83,24 @@ def quantization_named(name: str) -> Quantization:
     return q
 
 
-@dataclass(frozen=True)
-class Arch:
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    intermediate_size: int
-    tie_word_embeddings: bool = True
-    max_position_embeddings: int = 4096
-    head_dim: int = 0
-
-    def __post_init__(self):
-        if not self.head_dim:
-            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
-
-    @classmethod
-    def from_config(cls, cfg: MiniCPMConfig) -> "Arch":
-        return cls(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
-                   num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
-                   intermediate_size=cfg.intermediate_size, tie_word_embeddings=bool(cfg.tie_word_embeddings),
-                   max_position_embeddings=cfg.max_position_embeddings, head_dim=cfg.head_dim)
-
-    def family(self) -> str | None:
-        """The preset with these dimensions, if any (used to show measured figures for the same model)."""
-        mine = {k: v for k, v in asdict(self).items() if k not in ("max_position_embeddings", "head_dim")}
-        for name, preset in MODEL_PRESETS.items():
-            if all(mine[k] == v for k, v in preset.items() if k != "max_position_embeddings"):
-                return name
-        return None
+ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "intermediate_size", "tie_word_embeddings", "max_position_embeddings")  # what a profile uses
 
 
-def weight_bytes(a: Arch, q: Quantization) -> tuple[int, int]:
+def preset_config(name: str) -> MiniCPMConfig:
+    """The model config of a preset: the profile works on the same object a checkpoint gives."""
+    return MiniCPMConfig(**MODEL_PRESETS[name])
+
+
+def family(config: MiniCPMConfig) -> str | None:
+    """The preset with these dimensions, if any (used to show measured figures for the same model)."""
+    for name, preset in MODEL_PRESETS.items():
+        if all(getattr(config, k) == v for k, v in preset.items() if k != "max_position_embeddings"):
+            return name
+    return None
+
+
+def weight_bytes(a: MiniCPMConfig, q: Quantization) -> tuple[int, int]:
     """(total weight bytes, bytes read per decoded token) for a MiniCPM/Llama-layout model.
 
     A decode step reads every layer and the lm_head; the input embedding contributes one row, so
@@ -132,7 +117,7 @@ def weight_bytes(a: Arch, q: Quantization) -> tuple[int, int]:
     return total + embedding, total
 
 
-def params_per_token(a: Arch) -> int:
+def params_per_token(a: MiniCPMConfig) -> int:
     """Weights multiplied per decoded token (each costs 2 FLOPs): all layers plus the lm_head."""
     h, qdim, kvdim = a.hidden_size, a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
     layer = 2 * qdim * h + 2 * kvdim * h + 3 * a.intermediate_size * h
@@ -143,7 +128,7 @@ def params_per_token(a: Arch) -> int:
 class ModelProfile:
     name: str
     quantization: str
-    arch: Arch
+    arch: MiniCPMConfig
     weight_bytes: int
     weights_read_bytes: int
     weight_source: str
@@ -156,7 +141,7 @@ class ModelProfile:
 
     @property
     def family(self) -> str | None:
-        return self.arch.family()
+        return family(self.arch)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -192,10 +177,10 @@ class ModelProfile:
                 "weight_source": self.weight_source, "kv_bytes_per_token": self.kv_bytes_per_token,
                 "workspace_bytes": self.workspace_bytes, "workspace_source": self.workspace_source,
                 "context_window": self.context_window, "max_context": self.max_context, "path": self.path,
-                "architecture": asdict(self.arch), "notes": self.notes}
+                "architecture": {**{k: getattr(self.arch, k) for k in ARCH_KEYS}, "head_dim": self.arch.head_dim}, "notes": self.notes}
 
     @classmethod
-    def from_arch(cls, arch: Arch, quantization: str, name: str, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    def from_arch(cls, arch: MiniCPMConfig, quantization: str, name: str, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                   **kwargs) -> "ModelProfile":
         q = quantization_named(quantization)
         total, read = weight_bytes(arch, q)
@@ -210,7 +195,7 @@ class ModelProfile:
     def from_preset(cls, name: str, quantization: str = DEFAULT) -> "ModelProfile":
         if name not in MODEL_PRESETS:
             raise MCPMError(f"unknown preset '{name}'; choose one of {', '.join(MODEL_PRESETS)}")
-        profile = cls.from_arch(Arch(**MODEL_PRESETS[name]), quantization, name)
+        profile = cls.from_arch(preset_config(name), quantization, name)
         if PRESET_UNVERIFIED.get(name):
             profile.notes.append(f"preset {name}: {', '.join(PRESET_UNVERIFIED[name])} not confirmed in a stored "
                                  f"source ({PRESET_SOURCES[name]})")
@@ -219,8 +204,7 @@ class ModelProfile:
     @classmethod
     def from_config(cls, config: MiniCPMConfig, quantization: str, model_dir: Path) -> "ModelProfile":
         """A checkpoint's profile (``config`` with tie_word_embeddings decided) at ``quantization``."""
-        arch = Arch.from_config(config)
-        profile = cls.from_arch(arch, quantization, arch.family() or Path(model_dir).name, path=str(model_dir))
+        profile = cls.from_arch(config, quantization, family(config) or Path(model_dir).name, path=str(model_dir))
         if config.is_test_checkpoint:
             profile.notes.append(TEST_CHECKPOINT_NOTE)
         return profile
@@ -229,10 +213,10 @@ class ModelProfile:
     def from_weights(cls, weights: Weights, workspace: tuple[str, int] | None = None) -> "ModelProfile":
         """The profile of quantized weights: real shard bytes; ``workspace``: (source, bytes) of a
         compiled library's largest ``memory_usage`` entry (else an estimate)."""
-        arch = Arch.from_config(weights.config)
+        arch = weights.config
         context = weights.chat_config.get("context_window_size")
         chunk = weights.chat_config.get("prefill_chunk_size") or DEFAULT_PREFILL_CHUNK
-        profile = cls.from_arch(arch, weights.quantization.name, arch.family() or weights.dir.name,
+        profile = cls.from_arch(arch, weights.quantization.name, family(arch) or weights.dir.name,
                                 prefill_chunk=chunk, path=str(weights.dir),
                                 context_window=context if isinstance(context, int) and context > 0 else None)
         if weights.index is not None:

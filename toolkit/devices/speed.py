@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from mcpm_mobile.devices import profiles
 from mcpm_mobile.devices.memory import kv_cache_bytes
-from mcpm_mobile.devices.model_profile import MODEL_PRESETS, Arch, params_per_token, quantization_named, weight_bytes
+from mcpm_mobile.devices.model_profile import (MODEL_PRESETS, params_per_token, preset_config, quantization_named,
+                                             weight_bytes)
 
 if TYPE_CHECKING:
     from mcpm_mobile.devices.model_profile import ModelProfile
@@ -92,7 +93,7 @@ def _terms(m: profiles.Measurement) -> tuple[float, int, int | None]:
     """(weight bytes read per token, KV bytes per context token, weights multiplied per token)."""
     family = model_family(m.model)
     if family:
-        arch = Arch(**MODEL_PRESETS[family])
+        arch = preset_config(family)
         kv = kv_cache_bytes(arch.num_hidden_layers, arch.num_key_value_heads, arch.head_dim, 1, 2)
         weights = m.weights_read_bytes or weight_bytes(arch, quantization_named(m.quantization))[1]
         return weights, kv, params_per_token(arch)

@@ -299,7 +299,7 @@ def export_onnx(ckpt: Checkpoint | Path | str, out_dir: Path, block_size: int = 
         onnx.save_model(model, str(tmp / MODEL_FILE))
         with output.stage("Checking the graph with onnx.checker"):
             check_onnx(tmp / MODEL_FILE)
-        files = copy_tokenizer_files(ckpt.dir, tmp)
+        files = copy_tokenizer_files(ckpt.dir, tmp, ckpt.config.vocab_size)
         if genai_config.ensure_tokenizer_config(tmp, c):
             files.append(genai_config.TOKENIZER_CONFIG)
         generation = read_json(ckpt.dir / "generation_config.json", missing_ok=True, root=ckpt.dir)

@@ -74,8 +74,10 @@ def _merges(proto, vocab: dict[str, int]) -> list[tuple[str, str]]:
     return [(left, right) for _, _, _, left, right in found]
 
 
-def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
-    """Copy the tokenizer files a runtime needs; create ``tokenizer.json`` from ``tokenizer.model`` if absent."""
+def copy_tokenizer_files(src: Path, dst: Path, vocab_size: int | None = None) -> list[str]:
+    """Copy the tokenizer files a runtime needs; create ``tokenizer.json`` from ``tokenizer.model`` if absent.
+
+    With ``vocab_size`` (the model's), a token id the embedding has no row for is refused."""
     src, dst = Path(src), Path(dst)
     copied = []
     for name in TOKENIZER_FILES:
@@ -87,17 +89,21 @@ def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
             raise fail(src, "no tokenizer.json or tokenizer.model found")
         (dst / "tokenizer.json").write_text(sentencepiece_to_tokenizer_json(src / "tokenizer.model"), encoding="utf-8")
         copied.append("tokenizer.json")
-    _check_tokenizer_json(dst / "tokenizer.json", src)
+    _check_tokenizer_json(dst / "tokenizer.json", src, vocab_size)
     return copied
 
 
-def _check_tokenizer_json(path: Path, src: Path) -> None:
+def _check_tokenizer_json(path: Path, src: Path, vocab_size: int | None = None) -> None:
     from tokenizers import Tokenizer
 
     try:
-        Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_file(str(path))
     except Exception as e:  # the Rust side raises plain Exception
-        raise fail(src / "tokenizer.json", f"cannot be loaded by tokenizers: {str(e).splitlines()[0]}")
+        raise fail(src / "tokenizer.json", f"cannot be loaded by tokenizers: {str(e).splitlines()[0][:120]}")
+    top = max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
+    if vocab_size is not None and top >= vocab_size:
+        raise fail(src / "tokenizer.json", f"has token id {top}, outside the model's vocabulary (vocab_size "
+                                           f"{vocab_size} in config.json): the tokenizer is not this model's")
     added = [t["content"] for t in json.loads(path.read_text(encoding="utf-8")).get("added_tokens", [])]
     if len(added) != len(set(added)):
         raise fail(src / "tokenizer.json", "has duplicated added_tokens (MLC's runtime rejects it)")
