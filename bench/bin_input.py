@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "out")
     args = ap.parse_args()
-    shape = "small" if args.small else "2b"
+    shape = "0.5b" if args.small else "2b"
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     ckpt, twin = out / f"ckpt-{shape}", out / f"ckpt-{shape}-bin"

@@ -1,6 +1,7 @@
 """llama.cpp's own conversion path, the peer for our quantizer: ``convert_hf_to_gguf.py`` to f16, then its
 quantizer to Q4_0. Both come from the llama-cpp-python 0.3.36 source distribution, fetched at run time into
 ``bench/out/peer`` (never committed); the converter runs in its own venv with torch (CPU) and transformers.
+Run ``--prepare`` first (untimed set-up); then each step is timed as its own process (``measure.run``).
 """
 from __future__ import annotations
 
@@ -55,12 +56,16 @@ def main() -> None:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "out" / "peer")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prepare", action="store_true", help="only fetch the converter and build its venv (set-up, "
+                                                            "run untimed before any measurement)")
     ap.add_argument("--quantize-only", nargs=2, type=Path, metavar=("F16", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quantize_only:
         quantize_q4_0(*args.quantize_only, args.threads)
         return
     python, src = prepare(args.work)
+    if args.prepare:
+        return
     f16, q4 = args.work / "peer-f16.gguf", args.work / "peer-q4_0.gguf"
     convert = run([python, src / "convert_hf_to_gguf.py", args.checkpoint, "--outtype", "f16", "--outfile", f16])
     quant = run([sys.executable, __file__, args.checkpoint, "--threads", args.threads, "--quantize-only", f16, q4])

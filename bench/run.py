@@ -1,11 +1,19 @@
 """`make bench`: one run comparing mcpm-mobile with llama.cpp on the same machine, same threads.
 
-    python bench/run.py [--small] [--threads 2] [--skip-peer] [--out bench/out]
+    python bench/run.py [--quick] [--rounds 3] [--threads 2] [--eight-b-layers N] [--skip-peer] [--skip-8b]
 
-1. memory roofline (read bandwidth, GB/s); 2. conversion to INT4, ours vs llama.cpp's two-step path;
-3. host prefill/decode tokens/s, ours vs llama.cpp on the Q4_0 GGUF of the same weights; 4. compile time and
-peak RSS per target; 5. GPU (only where a device machine is lent: see bench/GPU.md).
-Prints a table, rewrites the "make bench" section of BENCHMARKS.md and writes bench/results.png.
+Honest by construction: every measured command runs in its own process under ``bench/launch.py`` (wall time
+and that process's own peak RSS); set-up (checkpoints, llama.cpp's converter venv) runs before and outside
+any timing; every ours/llama.cpp ratio comes from ``--rounds`` alternating rounds in this run (median ratio,
+with each engine's min..max shown).
+
+1. memory roofline; 2. conversion of the MiniCPM4-0.5B shape to INT4, ours vs llama.cpp's two-step path;
+3. compile per target; 4. tokens/s against context length (prefill and decode), ours vs llama.cpp on the
+Q4_0 GGUF of the same weights, and the per-token time outside the weight GEMVs (VM profiler); 5. `run`'s
+peak RSS; 6. the MiniCPM4-8B shape (``--eight-b-layers`` cuts its depth, every dimension kept): conversion
+memory, compile, decode against llama.cpp and the roofline. Prints the report, rewrites the "make bench"
+section of BENCHMARKS.md and writes bench/results.png. ``--quick`` (about 20 minutes on 2 quiet cores): the
+8B shape at 4 layers. GPU: only where a device machine is lent (bench/GPU.md).
 """
 from __future__ import annotations
 
@@ -15,121 +23,162 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from checkpoint import checkpoint_bytes, make  # noqa: E402
-from measure import run, run_json  # noqa: E402
+from checkpoint import checkpoint_bytes, shape_dims  # noqa: E402
+from measure import run_json  # noqa: E402
+from report import render, plot, targets  # noqa: E402
 
 CLI = Path(sys.executable).parent / "mcpm-mobile"
 TARGETS = {"host": ".so", "android": ".tar", "harmonyos": ".tar", "ios": ".tar"}
 BEGIN, END = "<!-- make bench: begin -->", "<!-- make bench: end -->"
+CONTEXTS = [256, 1024, 2000, 4096]
+DECODE = 128
+WINDOW = 4096 + DECODE + 128
 
 
-def weight_bytes(weights: Path) -> int:
-    return sum(s["nbytes"] for s in json.loads((weights / "tensor-cache.json").read_text())["records"])
+def step(s: str) -> None:
+    print(f"bench: {s}", file=sys.stderr, flush=True)
+
+
+def weight_bytes(weights: Path, skip_embedding: bool = False) -> int:
+    """Bytes of the weights a decode step reads (an untied embedding table is only indexed, not streamed)."""
+    shards = json.loads((weights / "tensor-cache.json").read_text())["records"]
+    return sum(r["nbytes"] for s in shards for r in s["records"]
+               if not (skip_embedding and r["name"].startswith("model.embed_tokens")))
+
+
+def rounds_of(n: int, fns: dict) -> dict:
+    """Call each fn once per round, alternating; {name: [result per round]}."""
+    out: dict = {k: [] for k in fns}
+    for i in range(n):
+        for name, fn in fns.items():
+            step(f"  round {i + 1}/{n}: {name}")
+            out[name].append(fn())
+    return out
+
+
+def checkpoint(out: Path, shape: str, layers: int | None) -> Path:
+    """Generated in its own process (set-up: never timed, never in the bench's memory)."""
+    ckpt = out / (f"ckpt-{shape}" + (f"-{layers}l" if layers else ""))
+    if not (ckpt / "model.safetensors").is_file():
+        need = checkpoint_bytes(shape, layers) * 2.3
+        free = shutil.disk_usage(out).free
+        if free < need:
+            sys.exit(f"bench: {out}: needs about {need / 1e9:.1f} GB free disk for the {shape} shape, "
+                     f"{free / 1e9:.1f} GB available")
+        cmd = [sys.executable, HERE / "checkpoint.py", ckpt, "--shape", shape] + (["--layers", layers] if layers else [])
+        subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
+    return ckpt
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", action="store_true", help="a 0.5B shape for a quick look")
+    ap.add_argument("--quick", action="store_true", help="the 8B shape at 4 layers (about 20 minutes)")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eight-b-layers", type=int, help="depth of the 8B shape (default 32, --quick 4)")
+    ap.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     ap.add_argument("--skip-peer", action="store_true", help="skip llama.cpp's conversion path (needs torch)")
+    ap.add_argument("--skip-8b", action="store_true")
     ap.add_argument("--out", type=Path, default=HERE / "out")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md and the plot")
     args = ap.parse_args()
-    shape = "small" if args.small else "2b"
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    need = checkpoint_bytes(shape) * 2.2  # checkpoint + MLC weights + GGUFs + llama.cpp's f16 intermediate
-    free = shutil.disk_usage(out).free
-    ckpt = out / f"ckpt-{shape}"
-    if free < need - (checkpoint_bytes(shape) if ckpt.is_dir() else 0):
-        sys.exit(f"bench: {out}: needs about {need / 1e9:.1f} GB free disk for the {shape} shape, "
-                 f"{free / 1e9:.1f} GB available (use --small for a 0.5B shape)")
+    layers8 = args.eight_b_layers or (4 if args.quick else None)
     env = {"TVM_NUM_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
-    r: dict = {"date": datetime.date.today().isoformat(), "shape": shape, "threads": args.threads,
+    contexts = args.contexts
+    r: dict = {"date": datetime.date.today().isoformat(), "threads": args.threads, "rounds": args.rounds,
+               "command": "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else ""),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"}
-    step = lambda s: print(f"bench: {s}", file=sys.stderr, flush=True)  # noqa: E731
+                          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+               "contexts": [int(c) for c in contexts.split(",")], "decode_tokens": DECODE, "window": WINDOW,
+               "load_before": round(os.getloadavg()[0], 1)}
 
-    step(f"checkpoint ({shape}, bf16)")
-    make(ckpt, shape)
-    r["checkpoint_gb"] = round(sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e9, 2)
+    step("set-up (untimed): checkpoints, llama.cpp's converter")
+    ckpt = checkpoint(out, "0.5b", None)
+    ckpt8 = None if args.skip_8b else checkpoint(out, "8b", layers8)
+    if not args.skip_peer:
+        subprocess.run([sys.executable, HERE / "peer_llamacpp.py", ckpt, "--work", out / "peer", "--prepare"], check=True)
+    from bin_input import bin_twin
+
+    twin = bin_twin(ckpt, out / "ckpt-0.5b-bin")  # the same tensors as PyTorch .bin (torch.save's zip layout)
+    r["checkpoint_gb"] = round((ckpt / "model.safetensors").stat().st_size / 1e9, 3)
+
     step("memory roofline")
     r["bandwidth"] = run_json([sys.executable, HERE / "bandwidth.py", "--threads", args.threads], env)
     r["read_gbs"] = r["bandwidth"]["tvm_read_gb_s"]
 
-    step("conversion: ours")
-    weights, gguf = out / f"w-{shape}-q4f16_1", out / f"{shape}-q4_0.gguf"
-    r["quantize"] = run_json([CLI, "quantize", ckpt, "-o", weights, "--force", "--json"], env)
-    r["export_gguf"] = run_json([CLI, "export-gguf", ckpt, "-o", gguf, "--type", "q4_0", "--force", "--json"], env)
-    r["export_onnx"] = run_json([CLI, "export-onnx", ckpt, "-o", out / f"onnx-{shape}", "--force", "--json"], env)
+    step("conversion (MiniCPM4-0.5B shape), alternating rounds")
+    weights, gguf = out / "w-0.5b-q4f16_1", out / "0.5b-q4_0.gguf"
+    conv = {"quantize": lambda: run_json([CLI, "quantize", ckpt, "-o", weights, "--force", "--json"], env),
+            "quantize_bin": lambda: run_json([CLI, "quantize", twin, "-o", out / "w-0.5b-bin", "--force", "--json"],
+                                             env),
+            "export_gguf": lambda: run_json([CLI, "export-gguf", ckpt, "-o", gguf, "--type", "q4_0", "--force",
+                                             "--json"], env),
+            "export_onnx": lambda: run_json([CLI, "export-onnx", ckpt, "-o", out / "onnx-0.5b", "--force", "--json"],
+                                            env)}
     if not args.skip_peer:
-        step("conversion: llama.cpp (convert_hf_to_gguf.py -> f16, then Q4_0)")
-        r["peer_convert"] = run_json([sys.executable, HERE / "peer_llamacpp.py", ckpt, "--threads", args.threads,
-                                      "--work", out / "peer"], env)
+        conv["llamacpp"] = lambda: run_json([sys.executable, HERE / "peer_llamacpp.py", ckpt, "--threads",
+                                             args.threads, "--work", out / "peer"], env)
+    r["conversion"] = rounds_of(args.rounds, conv)
 
-    step("compile per target")
+    step("compile per target (MiniCPM4-0.5B shape)")
     r["compile"] = {}
     for target, suffix in TARGETS.items():
-        lib = out / f"lib-{shape}-{target}{suffix}"
-        r["compile"][target] = run_json([CLI, "compile", weights, "--target", target, "-o", lib, "--json"], env)
+        lib = out / f"lib-0.5b-{target}{suffix}"
+        r["compile"][target] = run_json([CLI, "compile", weights, "--target", target, "-o", lib, "--context-window",
+                                         WINDOW, "--json"], env)
 
-    step("host inference: ours")
-    lib = out / f"lib-{shape}-host.so"
-    r["ours"] = run_json([sys.executable, HERE / "host_engine.py", weights, lib, "--threads", args.threads], env)
-    r["ours"]["bytes_per_token"] = weight_bytes(weights)
-    step("host inference: llama.cpp")
-    r["llamacpp"] = run_json([sys.executable, HERE / "llamacpp_host.py", gguf, "--threads", args.threads], env)
-    r["llamacpp"]["bytes_per_token"] = gguf.stat().st_size
-    for k in ("ours", "llamacpp"):
-        r[k]["roofline_fraction"] = round(r[k]["decode_tok_s"] * r[k]["bytes_per_token"] / (r["read_gbs"] * 1e9), 3)
-    r["gpu"] = "no device machine lent to this run (see bench/GPU.md for the recipe)"
+    step("host inference against context length, alternating rounds")
+    lib = out / "lib-0.5b-host.so"
+    host = {"ours": lambda: run_json([sys.executable, HERE / "host_engine.py", weights, lib, "--threads",
+                                      args.threads, "--contexts", contexts, "--decode-tokens", DECODE, "--profile"],
+                                     env),
+            "llamacpp": lambda: run_json([sys.executable, HERE / "llamacpp_host.py", gguf, "--threads", args.threads,
+                                          "--contexts", contexts, "--decode-tokens", DECODE], env)}
+    r["host"] = rounds_of(args.rounds, host)
+    r["bytes_per_token"] = {"ours": weight_bytes(weights), "llamacpp": gguf.stat().st_size}
 
+    step("run memory")
+    r["run"] = run_json([CLI, "run", weights, "--lib", lib, "--prompt", "Tell me about phones.", "--max-tokens", 64,
+                         "--json"], env)
+    d = shape_dims("0.5b")
+    r["run"]["weights_bytes"] = weight_bytes(weights)
+    r["run"]["kv_bytes"] = d["layers"] * 2 * d["kv_heads"] * (d["hidden"] // d["heads"]) * WINDOW * 2
+
+    if ckpt8 is not None:
+        step(f"MiniCPM4-8B shape ({layers8 or 32} layers)")
+        w8, g8, lib8 = out / "w-8b-q4f16_1", out / "8b-q4_0.gguf", out / "lib-8b-host.so"
+        e8 = {"layers": layers8 or 32, "checkpoint_gb": round((ckpt8 / "model.safetensors").stat().st_size / 1e9, 2)}
+        e8["quantize"] = run_json([CLI, "quantize", ckpt8, "-o", w8, "--force", "--json"], env)
+        e8["export_gguf"] = run_json([CLI, "export-gguf", ckpt8, "-o", g8, "--type", "q4_0", "--force", "--json"], env)
+        e8["compile"] = run_json([CLI, "compile", w8, "--target", "host", "-o", lib8, "--json"], env)
+        e8["host"] = rounds_of(args.rounds, {
+            "ours": lambda: run_json([sys.executable, HERE / "host_engine.py", w8, lib8, "--threads", args.threads,
+                                      "--contexts", "128", "--decode-tokens", 64], env),
+            "llamacpp": lambda: run_json([sys.executable, HERE / "llamacpp_host.py", g8, "--threads", args.threads,
+                                          "--contexts", "128", "--decode-tokens", 64], env)})
+        e8["bytes_per_token"] = {"ours": weight_bytes(w8, skip_embedding=True),
+                                 "llamacpp": g8.stat().st_size}
+        r["8b"] = e8
+    r["gpu"] = ("no device machine lent to this task (the device tool's status: can_start_another false, "
+                "not drawn); bench/GPU.md has the recipe")
+
+    r["load_after"] = round(os.getloadavg()[0], 1)
     (out / "results.json").write_text(json.dumps(r, indent=2))
+    r["targets"] = targets(r)
     report = render(r)
     print(report)
-    write_benchmarks(report)
-    plot(r, HERE / "results.png")
-
-
-def render(r: dict) -> str:
-    o, p = r["ours"], r["llamacpp"]
-    q, g, x = r["quantize"], r["export_gguf"], r["export_onnx"]
-    ceiling = r["read_gbs"] * 1e9 / o["bytes_per_token"]
-    lines = [
-        f"Run {r['date']} on {r['machine']}, {r['threads']} threads for every engine; MiniCPM-{r['shape']}-shaped "
-        f"random bf16 checkpoint ({r['checkpoint_gb']} GB). Command: `make bench`.", "",
-        f"Memory roofline (read bandwidth, {r['threads']} threads): **{r['read_gbs']} GB/s** "
-        f"→ decode ceiling for our q4f16_1 weights {ceiling:.1f} tokens/s.", "",
-        "| host inference | prefill tok/s (128) | decode tok/s (128) | bytes/token | roofline |",
-        "|---|---|---|---|---|",
-        f"| mcpm-mobile q4f16_1 | {o['prefill_tok_s']} | {o['decode_tok_s']} | {o['bytes_per_token'] / 1e9:.2f} GB "
-        f"| {o['roofline_fraction']:.0%} |",
-        f"| llama.cpp Q4_0 | {p['prefill_tok_s']} | {p['decode_tok_s']} | {p['bytes_per_token'] / 1e9:.2f} GB "
-        f"| {p['roofline_fraction']:.0%} |",
-        f"| ratio ours / llama.cpp | {o['prefill_tok_s'] / p['prefill_tok_s']:.2f}× | "
-        f"{o['decode_tok_s'] / p['decode_tok_s']:.2f}× | | |", "",
-        "| conversion to INT4 | wall | input GB/s | peak RSS |", "|---|---|---|---|",
-        f"| mcpm-mobile quantize (q4f16_1) | {q['seconds']} s | {q['input_gb_per_s']} | {q['peak_rss_mb']:.0f} MB |",
-        f"| mcpm-mobile export-gguf (q4_0) | {g['seconds']} s | {r['checkpoint_gb'] / g['seconds']:.2f} | "
-        f"{g['peak_rss_mb']:.0f} MB |",
-        f"| mcpm-mobile export-onnx (int4 MatMulNBits) | {x['seconds']} s | {r['checkpoint_gb'] / x['seconds']:.2f} | "
-        f"{x['peak_rss_mb']:.0f} MB |",
-    ]
-    if "peer_convert" in r:
-        pc = r["peer_convert"]
-        lines.append(f"| llama.cpp convert_hf_to_gguf (f16) + quantize (Q4_0) | {pc['seconds']} s "
-                     f"({pc['convert_f16']['seconds']} + {pc['quantize_q4_0']['seconds']}) | "
-                     f"{r['checkpoint_gb'] / pc['seconds']:.2f} | {pc['peak_rss_mb']:.0f} MB |")
-    lines += ["", "| compile | wall | peak RSS |", "|---|---|---|"]
-    lines += [f"| {t} | {c['seconds']} s | {c['peak_rss_mb']:.0f} MB |" for t, c in r["compile"].items()]
-    lines += ["", f"GPU: {r['gpu']}.", "", "![make bench](bench/results.png)"]
-    return "\n".join(lines)
+    if not args.no_write:
+        write_benchmarks(report)
+        plot(r, HERE / "results.png")
 
 
 def write_benchmarks(report: str) -> None:
@@ -141,31 +190,6 @@ def write_benchmarks(report: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
-
-
-def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    names = ["mcpm-mobile", "llama.cpp"]
-    ceiling = r["read_gbs"] * 1e9 / r["ours"]["bytes_per_token"]
-    ax = axes[0]
-    ax.bar(names, [r["ours"]["decode_tok_s"], r["llamacpp"]["decode_tok_s"]], color=["#2a7", "#888"])
-    ax.axhline(ceiling, ls="--", color="k", lw=1, label=f"roofline {ceiling:.0f}")
-    ax.set_title("decode tokens/s"), ax.legend()
-    axes[1].bar(names, [r["ours"]["prefill_tok_s"], r["llamacpp"]["prefill_tok_s"]], color=["#2a7", "#888"])
-    axes[1].set_title("prefill tokens/s (128-token prompt)")
-    conv = {"quantize": r["quantize"]["seconds"], "export-gguf": r["export_gguf"]["seconds"]}
-    if "peer_convert" in r:
-        conv["llama.cpp\nconvert+quantize"] = r["peer_convert"]["seconds"]
-    axes[2].bar(list(conv), list(conv.values()), color=["#2a7", "#2a7", "#888"][:len(conv)])
-    axes[2].set_title("conversion to INT4 (s, lower is better)")
-    fig.suptitle(f"MiniCPM-{r['shape']} shape, {r['threads']} threads, {r['date']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.quantization import DEFAULT, get_quantization
-from mcpm_mobile.support.atomic import atomic_dir
+from mcpm_mobile.support.atomic import atomic_dir, unmark
 from mcpm_mobile.support.output import Output
 from mcpm_mobile.target import PACKAGED, Target, get_target
 from mcpm_mobile.targets import deploy_docs, manifest
@@ -138,6 +138,7 @@ def _mlc(stage: Path, target: Target, ckpt: Checkpoint, quant, model_id: str, ap
         weights_dir, lib_dir = stage / model_id, stage / "lib"
     weights = quantize(ckpt, quant, weights_dir, out=out, context_window=context_window, prefill_chunk=prefill_chunk,
                        thinking=thinking)
+    unmark(weights_dir)
     lib_target = get_target(target.library_from) if target.library_from else target
     lib_name = model_lib_name(weights.chat_config, lib_target.key)
     lib_dir.mkdir(parents=True)
@@ -177,6 +178,7 @@ def _onnx(stage: Path, target: Target, ckpt: Checkpoint, model_id: str, app_id: 
     from mcpm_mobile.targets.android import package as android
 
     export_onnx(ckpt, stage / model_id, context_window=context_window, out=out)
+    unmark(stage / model_id)
     layout = android.bundle(stage, stage / model_id, bundle_weights)
     android.write_push_script(stage, android.onnx_push_script(model_id, app_id))
     return {**layout, "profile": ModelProfile.from_config(ckpt.config, ONNX_QUANTIZATION, ckpt.dir)}

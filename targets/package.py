@@ -11,14 +11,21 @@ from pathlib import Path
 
 from mcpm_mobile.compiler.library import ModelLibrary, tar_members
 from mcpm_mobile.errors import fail
-from mcpm_mobile.formats.mlc_app import APP_CONFIG, check_android_app_config, check_ios_app_config
+from mcpm_mobile.formats.chat_config import FILENAME as CHAT_CONFIG
+from mcpm_mobile.formats.mlc_app import (APP_CONFIG, check_android_app_config, check_ios_app_config,
+                                         estimated_vram_bytes)
 from mcpm_mobile.formats.tensor_cache import INDEX
 from mcpm_mobile.formats.weights import Weights
+from mcpm_mobile.licenses.notice import LICENSE_JSON, NOTICE
 from mcpm_mobile.support.ar import defined_symbols
+from mcpm_mobile.support.atomic import MARKER
+from mcpm_mobile.support.jsonio import read_json
+from mcpm_mobile.support.paths import member
 from mcpm_mobile.targets import manifest as manifest_io
 from mcpm_mobile.targets.android import asset_pack
 
 LIBRARY_SUFFIXES = (".tar", ".so")
+TOKENIZER = "tokenizer.json"
 
 
 @dataclass
@@ -46,6 +53,11 @@ class Package:
         """Raise a one-line MCPMError on the first problem; return what was checked."""
         root = self.root
         manifest_io.check_files(root, self.manifest)
+        self._check_required()
+        for path in sorted(root.rglob("*.json")):
+            read_json(path, root=root)  # strict JSON, every one
+        for path in sorted(root.rglob(TOKENIZER)):
+            check_tokenizer(path)
         weights = [Weights.read(p.parent) for p in sorted(root.rglob(INDEX))]
         for w in weights:
             w.check(md5=True)
@@ -54,9 +66,11 @@ class Package:
             lib = ModelLibrary.read(path)
             for w in weights:
                 w.check_library(lib.metadata, path)
+                self._check_recorded(w, lib, path)
             sidecar = path.with_name(path.stem + ".metadata.json")
-            if sidecar.is_file() and json.loads(sidecar.read_text()) != lib.metadata:
+            if sidecar.is_file() and read_json(sidecar) != lib.metadata:
                 raise fail(sidecar, "differs from the _metadata embedded in the library")
+        self._check_license()
         for cfg_path in root.rglob(APP_CONFIG):
             if self.manifest.get("target") == "ios":
                 check_ios_app_config(cfg_path)
@@ -75,6 +89,49 @@ class Package:
                 "libraries": [str(x.relative_to(root)) for x in libs],
                 "gguf": [str(g.relative_to(root)) for g in ggufs],
                 "onnx": [str(m.relative_to(root)) for m in onnx_models], "asset_packs": packs}
+
+    def _check_required(self) -> None:
+        """The files every package of its kind must have, wherever the layout puts them."""
+        m, path = self.manifest, self.root / manifest_io.FILENAME
+        for key in ("target", "runtime", "model_id", "quantization", "license"):
+            if not m.get(key):
+                raise fail(path, f"lacks '{key}'")
+        listed = {f["path"] for f in self.files}
+        need = [MARKER, "DEPLOY.md", NOTICE, LICENSE_JSON]
+        if m["runtime"] == "onnxruntime":
+            need += [f"{m['model_id']}/{name}" for name in ("model.onnx", "genai_config.json", TOKENIZER)]
+        else:
+            weights = [p for p in listed if p.endswith(f"{m['model_id']}/{INDEX}")]
+            if not weights:
+                raise fail(self.root, f"has no weights for {m['model_id']} ({INDEX} missing)")
+            folder = weights[0].rsplit("/", 1)[0]
+            need += [f"{folder}/{name}" for name in (CHAT_CONFIG, TOKENIZER)]
+            if not any(p.endswith(f"lib/{m.get('model_lib')}.tar") for p in listed):
+                raise fail(self.root, f"has no library lib/{m.get('model_lib')}.tar")
+            if not any(p.endswith(APP_CONFIG) for p in listed):
+                raise fail(self.root, f"has no {APP_CONFIG}")
+        if m.get("gguf"):
+            need.append(m["gguf"])
+        for name in need:
+            if name not in listed:
+                raise fail(self.root / name, "is required in this package but missing")
+
+    def _check_recorded(self, weights: Weights, lib: ModelLibrary, path: Path) -> None:
+        """What the manifest says about the model agrees with the files."""
+        m, where = self.manifest, self.root / manifest_io.FILENAME
+        if m["quantization"] != weights.quantization.name:
+            raise fail(where, f"says quantization {m['quantization']}, the weights are {weights.quantization.name}")
+        if "estimated_vram_bytes" in m and m["estimated_vram_bytes"] != estimated_vram_bytes(weights, lib.metadata):
+            raise fail(where, "estimated_vram_bytes does not match the weights and the library")
+        if m.get("model_lib") and path.stem != m["model_lib"]:
+            raise fail(where, f"names model_lib {m['model_lib']}, the package has {path.name}")
+
+    def _check_license(self) -> None:
+        for path in sorted(self.root.rglob(LICENSE_JSON)):
+            shipped = read_json(path)
+            recorded = self.manifest["license"]
+            if any(shipped.get(k) != v for k, v in recorded.items()):
+                raise fail(path, "differs from the licence recorded in manifest.json")
 
     def verify_apk(self, apk: Path) -> dict:
         """An APK (or split) Gradle built from this package's asset packs: model files STORED, aligned and
@@ -113,7 +170,7 @@ def check_onnx(path: Path) -> None:
         if init.data_location != onnx.TensorProto.EXTERNAL:
             continue
         ext = {e.key: e.value for e in init.external_data}
-        data = path.parent / ext["location"]
+        data = member(path.parent, ext.get("location"), path)
         end = int(ext.get("offset", 0)) + int(ext.get("length", 0))
         if not data.is_file() or data.stat().st_size < end:
             raise fail(data, f"external data of '{init.name}' is missing or truncated")
@@ -122,6 +179,15 @@ def check_onnx(path: Path) -> None:
         json.loads(genai.read_text())["model"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise fail(genai, f"cannot read: {e}")
+
+
+def check_tokenizer(path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises plain Exception
+        raise fail(path, f"cannot be loaded by tokenizers: {str(e).splitlines()[0][:120]}")
 
 
 def check_app_config(path: Path, libs: list[Path]) -> None:

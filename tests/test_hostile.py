@@ -457,3 +457,118 @@ def test_compile_context_beyond_the_model(tmp_path, quantized_dir):
     weights = _weights(tmp_path, quantized_dir)
     guarded(tmp_path, ["compile", weights, "-o", tmp_path / "lib.so", "--context-window", "100000000"],
             "max_position_embeddings")
+
+
+# --- 8. verify is an integrity check ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def packages(tiny_dir, tmp_path_factory):
+    """runtime -> a fresh built package (android), built once per module."""
+    made = {}
+    for runtime in ("mlc", "onnxruntime"):
+        dist = tmp_path_factory.mktemp(f"pkg-{runtime}")
+        r = run_cli("build", tiny_dir("mha_tied"), "--target", "android", "--runtime", runtime, "-o", dist, "-q")
+        assert r.exit_code == 0, r.output
+        made[runtime] = dist / "android"
+    return made
+
+
+def _package_copy(packages, runtime, tmp_path) -> Path:
+    dst = tmp_path / "pkg"
+    shutil.copytree(packages[runtime], dst, symlinks=True)
+    return dst
+
+
+def _rewrite_manifest(pkg: Path, fn, redigest: bool = True) -> None:
+    from mcpm_mobile.targets import manifest
+
+    path = pkg / "manifest.json"
+    data = json.loads(path.read_text())
+    fn(data)
+    if redigest:
+        data[manifest.DIGEST] = manifest.digest(data)
+    path.write_text(json.dumps(data))
+
+
+def _drop(pkg: Path, suffix: str, redigest: bool = True) -> None:
+    """Delete a file and its manifest entry, as someone covering their tracks would."""
+    for p in pkg.rglob("*"):
+        if p.is_file() and p.relative_to(pkg).as_posix().endswith(suffix):
+            p.unlink()
+    _rewrite_manifest(pkg, lambda m: m.__setitem__("files", [f for f in m["files"]
+                                                             if not f["path"].endswith(suffix)]), redigest)
+
+
+def _rehash(pkg: Path, rel: str, content: bytes) -> None:
+    from mcpm_mobile.targets import manifest
+
+    (pkg / rel).write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
+
+    def edit(m):
+        for f in m["files"]:
+            if f["path"] == rel:
+                f.update(size=len(content), sha256=digest)
+    _rewrite_manifest(pkg, edit)
+
+
+def _weights_rel(pkg: Path) -> str:
+    return next(p for p in pkg.rglob("tensor-cache.json")).parent.relative_to(pkg).as_posix()
+
+
+def _empty(pkg):
+    for p in list(pkg.iterdir()):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    (pkg / "manifest.json").write_text(json.dumps({"format": "mcpm-mobile-package/1", "files": []}))
+
+
+VERIFY_CASES = {
+    "emptied, empty manifest": ("mlc", _empty, "manifest"),
+    "edited field, no re-digest": ("mlc", lambda p: _rewrite_manifest(
+        p, lambda m: m.__setitem__("estimated_vram_bytes", 1), redigest=False), "edited"),
+    "weights removed with entries": ("mlc", lambda p: _drop(p, "tensor-cache.json"), "weights"),
+    "tokenizer removed with entry": ("mlc", lambda p: _drop(p, "MLC/tokenizer.json"), "tokenizer.json"),
+    "NOTICE removed with entry": ("mlc", lambda p: _drop(p, "NOTICE.md"), "NOTICE.md"),
+    "library removed with entry": ("mlc", lambda p: _drop(p, ".tar"), "library"),
+    "garbage tokenizer re-hashed": ("mlc", lambda p: _rehash(p, _weights_rel(p) + "/tokenizer.json",
+                                                             b'{"model": 1}'), "tokenizer"),
+    "NaN in a config re-hashed": ("mlc", lambda p: _rehash(p, "mlc-package-config.json", b'{"x": NaN}'), "NaN"),
+    "licence edited": ("mlc", lambda p: _rewrite_manifest(
+        p, lambda m: m["license"].__setitem__("commercial", "allowed")), "licence"),
+    "memory edited": ("mlc", lambda p: _rewrite_manifest(
+        p, lambda m: m.__setitem__("estimated_vram_bytes", 1)), "estimated_vram_bytes"),
+    "quantization edited": ("mlc", lambda p: _rewrite_manifest(
+        p, lambda m: m.__setitem__("quantization", "q4f32_1")), "quantization"),
+    "entry with ..": ("mlc", lambda p: _rewrite_manifest(
+        p, lambda m: m["files"].append({"path": "../x", "size": 1, "sha256": "0" * 64})), "leaves"),
+    "link to /etc": ("mlc", lambda p: (p / "etc").symlink_to("/etc"), "symbolic link"),
+    "dataPath leaves, re-hashed": ("mlc", lambda p: _rehash(
+        p, _weights_rel(p) + "/tensor-cache.json",
+        (p / _weights_rel(p) / "tensor-cache.json").read_bytes().replace(b'"params_shard_0.bin"',
+                                                                         b'"../../x/params_shard_0.bin"')),
+        "leaves"),
+    "onnx data leaves": ("onnxruntime", lambda p: _onnx_location(p, "../../outside.data"), "leaves"),
+}
+
+
+def _onnx_location(pkg: Path, location: str) -> None:
+    import onnx
+
+    model_path = next(pkg.rglob("model.onnx"))
+    model = onnx.load(str(model_path), load_external_data=False)
+    for init in model.graph.initializer:
+        for e in init.external_data:
+            if e.key == "location":
+                e.value = location
+    _rehash(pkg, model_path.relative_to(pkg).as_posix(), model.SerializeToString())
+
+
+@pytest.mark.parametrize("case", sorted(VERIFY_CASES))
+def test_verify_catches(case, packages, tmp_path):
+    runtime, damage, needle = VERIFY_CASES[case]
+    pkg = _package_copy(packages, runtime, tmp_path)
+    assert run_cli("verify", pkg, "-q").exit_code == 0
+    damage(pkg)
+    r = run_cli("verify", pkg)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle.lower() in lines[0].lower(), r.output

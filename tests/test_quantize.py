@@ -242,7 +242,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, tiny_dir, monkeypatch):
     from mcpm_mobile.quantize import convert
 
     calls = {"n": 0}
-    real = convert.quantize_rows
+    real = convert._convert_param
 
     def boom(*a, **k):
         calls["n"] += 1
@@ -250,7 +250,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, tiny_dir, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(convert, "quantize_rows", boom)
+    monkeypatch.setattr(convert, "_convert_param", boom)
     with pytest.raises(KeyboardInterrupt):
         convert.quantize_checkpoint(tiny_dir(), tmp_path / "o")
     assert list(tmp_path.iterdir()) == []

@@ -91,3 +91,32 @@ def test_independent_dequantizer():
             code = (int(q[r, j // 8]) >> (4 * (j % 8))) & 0xF
             manual[r, j] = (code - 7) * s[r, j // 32]
     assert np.array_equal(manual, dequantize_rows(q, s))
+
+
+@pytest.mark.parametrize("stored", ["BF16", "F16", "F32"])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_compiled_quantizer_is_bit_exact(stored, dtype):
+    """quantize/kernel.py (what `quantize` runs) against the numpy quantizer: zero groups, ties, big values."""
+    pytest.importorskip("tvm")
+    import ml_dtypes
+
+    from mcpm_mobile.quantize import kernel
+
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((97, 320)) * 0.05).astype(np.float32)
+    w[3, 32:64] = 0
+    w[5, :32] = 3e4
+    w[7] = np.float32(0.035)
+    w[8, :32] = np.arange(32, dtype=np.float32) / 2  # codes land on .5 ties
+    stored_arr = {"BF16": w.astype(ml_dtypes.bfloat16), "F16": w.astype(np.float16), "F32": w}[stored]
+    q, s, finite = kernel.quantize(stored_arr, stored, dtype)
+    ref_q, ref_s = quantize_rows(stored_arr.astype(np.float32), dtype)
+    assert finite
+    assert np.array_equal(q, ref_q) and np.array_equal(s, ref_s)
+    bad = stored_arr.copy()
+    bad[50, 100] = np.inf
+    assert not kernel.quantize(bad, stored, dtype)[2]
+    if stored != "F16":  # beyond float16's range: flagged for a float16 model (the numpy path refuses it)
+        big = stored_arr.copy()
+        big[50, 100] = 7e4
+        assert kernel.quantize(big, stored, dtype)[2] == (dtype == "float32")

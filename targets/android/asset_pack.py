@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from mcpm_mobile.errors import MCPMError, fail
+from mcpm_mobile.support.atomic import MARKER
 
 LIMIT_SOURCE = "Google Play Console Help answer 9859372 (Google Play maximum size limits)"
 BASE_MODULE_LIMIT = 200_000_000
@@ -57,7 +58,7 @@ def plan(files: list[tuple[str, int]], limit: int = ASSET_PACK_LIMIT) -> list[li
 
 
 def ordered_files(weights_dir: Path) -> list[tuple[str, int]]:
-    files = sorted(p for p in weights_dir.rglob("*") if p.is_file())
+    files = sorted(p for p in weights_dir.rglob("*") if p.is_file() and p.name != MARKER)  # not app content
     files.sort(key=lambda p: CONFIGS_LAST.index(p.name) + 1 if p.name in CONFIGS_LAST else 0)
     return [(p.relative_to(weights_dir).as_posix(), p.stat().st_size) for p in files]
 

@@ -11,6 +11,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mcpm_mobile.support.paths import regular_file
+
 CARD = "README.md"
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md")
 MINICPM4_VOCAB = 73448  # MiniCPM4/4.1 (config.json); MiniCPM 1.x uses 122753, 127660 or 73440
@@ -65,12 +67,12 @@ def read(model_dir: Path) -> Declaration | None:
     model_dir = Path(model_dir)
     meta = {}
     card = model_dir / CARD
-    if card.is_file():
+    if regular_file(model_dir, card):
         try:
             meta = front_matter(card.read_text(encoding="utf-8", errors="replace")[:65536])
         except OSError:
             meta = {}
-    lic_file = next((model_dir / n for n in LICENSE_FILES if (model_dir / n).is_file()), None)
+    lic_file = next((model_dir / n for n in LICENSE_FILES if regular_file(model_dir, model_dir / n)), None)
     kind = None
     if lic_file is not None:
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.licenses.registry import UNKNOWN, status_text
+from mcpm_mobile.support.paths import regular_file
 
 NOTICE = "NOTICE.md"
 LICENSE_JSON = "license.json"
@@ -171,7 +172,8 @@ def render_markdown(terms: dict, record: dict | None = None, agreement_files: li
 def _copy_agreements(model_dir: Path, dest: Path) -> list[Path]:
     """Copy licence files found at the top of the checkpoint into ``dest/licenses/``."""
     found = sorted(p for p in Path(model_dir).iterdir()
-                   if p.is_file() and _AGREEMENT_NAME.search(p.stem) and p.suffix.lower() in _AGREEMENT_SUFFIXES)
+                   if _AGREEMENT_NAME.search(p.stem) and p.suffix.lower() in _AGREEMENT_SUFFIXES
+                   and regular_file(model_dir, p))
     copied = []
     for src in found:
         target = dest / AGREEMENTS / src.name

@@ -90,6 +90,11 @@ def check_output_file(path: Path, force: bool, magic: tuple = (), inputs: tuple 
         raise fail(path, "is not a file of the kind mcpm-mobile writes here; --force will not replace it")
 
 
+def unmark(folder: Path) -> None:
+    """Drop the marker of an output written inside another one (a package's weights go to phones as they are)."""
+    (Path(folder) / MARKER).unlink(missing_ok=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

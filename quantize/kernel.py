@@ -1,0 +1,125 @@
+"""MLC's INT4 group quantization (``group.py``'s arithmetic, bit for bit) as one compiled host kernel.
+
+The numpy version makes ~15 passes over each float32 block (casts, scale, divide, round, clip, pack); this
+kernel reads each row once: per group of 32, the float16 rounding of the inputs, max|x| / 7 rounded to the
+model dtype, the codes ``nearbyint(dtype(dtype(x / scale) + 7))`` clipped to 0..14 (all-zero group: scale 0,
+code 7), and the 8 codes of each word ORed together by shuffles. Rows run on TVM's thread pool
+(``TVM_NUM_THREADS``). Built once per (K, model dtype) per process (about a second); ``quantize_rows`` falls
+back to numpy when TVM is not importable.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+GROUP, WORD, LANES = 32, 8, 16
+
+
+def _fold(v, lanes, op, tirx):
+    """Combine lanes 2i and 2i+1 (``lanes`` -> ``lanes // 2``)."""
+    return op(tirx.Shuffle([v], list(range(0, lanes, 2))), tirx.Shuffle([v], list(range(1, lanes, 2))))
+
+
+SOURCE = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # safetensors dtype -> kernel input
+
+
+@functools.cache
+def build(source: str, dtype: str):
+    """The compiled kernel ``f(w [n, k], q uint32 [n, k/8], s dtype [n, k/32], bad int32 [n])`` for any n and
+    k % 32 == 0; ``source`` is the stored dtype (bfloat16 is read as its uint16 bits). ``bad[i]`` is 1 when
+    row i holds a NaN or Inf, or a value beyond float16's range for a float16 model (its codes are then
+    meaningless: the caller sends the rows through the numpy path, which reports them)."""
+    import tvm
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    def load(v):
+        if source == "uint16":
+            return T.reinterpret(f"float32x{GROUP}", T.shift_left(T.Cast(f"uint32x{GROUP}", v),
+                                                                  T.Broadcast(T.uint32(16), GROUP)))
+        return T.Cast(f"float32x{GROUP}", v)
+
+    def nonfinite(x):
+        """1 where a lane is NaN/Inf or, for a float16 model, beyond float16's range (what ``_in_range`` refuses)."""
+        exp = T.Broadcast(T.uint32(0x7F800000), GROUP)  # bit test: LLVM may fold x != x under fast-math
+        flag = (T.reinterpret(f"uint32x{GROUP}", x) & exp) == exp
+        if dtype == "float16":
+            flag = flag | (T.fabs(x) > T.Broadcast(T.float32(65504), GROUP))
+        a, lanes = T.Cast(f"int32x{GROUP}", flag), GROUP
+        while lanes > 1:
+            a, lanes = _fold(a, lanes, lambda p, q: p | q, tirx), lanes // 2
+        return a
+
+    def rnd(x, lanes):  # round through the model dtype, as numpy's astype(dtype).astype(float32)
+        return T.Cast(f"float32x{lanes}", T.Cast(f"{dtype}x{lanes}", x)) if dtype != "float32" else x
+
+    def amax(x):
+        a, lanes = T.fabs(x), GROUP
+        while lanes > 1:
+            a, lanes = _fold(a, lanes, T.max, tirx), lanes // 2
+        return a
+
+    def codes(x, d, zero):
+        c = T.nearbyint(rnd(rnd(x / T.Broadcast(d, GROUP), GROUP) + T.Broadcast(T.float32(7), GROUP), GROUP))
+        c = T.min(T.max(c, T.Broadcast(T.float32(0), GROUP)), T.Broadcast(T.float32(14), GROUP))
+        return T.Select(T.Broadcast(zero, GROUP), T.Broadcast(T.float32(7), GROUP), c)
+
+    def pack(c):
+        shifts = tirx.Shuffle([T.Broadcast(T.uint32(4), GROUP) * T.Cast(f"uint32x{GROUP}", T.ramp(0, 1, GROUP))],
+                              [t % WORD for t in range(GROUP)])
+        bits, lanes = T.shift_left(T.Cast(f"uint32x{GROUP}", c), shifts), GROUP
+        while lanes > GROUP // WORD:
+            bits, lanes = _fold(bits, lanes, lambda a, b: a | b, tirx), lanes // 2
+        return bits
+
+    @T.prim_func(private=True, s_tir=True)
+    def quant(w_h: T.handle, q_h: T.handle, s_h: T.handle, bad_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n, groups = T.int64(), T.int64()
+        w = T.match_buffer(w_h, (n, groups * GROUP), source)
+        q = T.match_buffer(q_h, (n, groups * (GROUP // WORD)), "uint32")
+        s = T.match_buffer(s_h, (n, groups), dtype)
+        bad = T.match_buffer(bad_h, (n,), "int32")
+        for i in T.parallel(n):
+            with T.sblock("row"):
+                vi = T.axis.spatial(n, i)
+                T.reads()
+                T.writes()
+                st = T.sblock_alloc_buffer((2,), "float32")  # scale as stored, divisor
+                bad[vi] = 0
+                for g in range(groups):
+                    bad[vi] = bad[vi] | nonfinite(load(w[vi, T.ramp(g * GROUP, 1, GROUP)]))
+                    st[0] = T.Cast("float32", T.Cast(dtype, amax(rnd(load(w[vi, T.ramp(g * GROUP, 1, GROUP)]), GROUP))
+                                                     / T.float32(7)))
+                    st[1] = T.if_then_else(st[0] == T.float32(0), T.float32(1), st[0])
+                    q[vi, T.ramp(g * (GROUP // WORD), 1, GROUP // WORD)] = pack(codes(
+                        rnd(load(w[vi, T.ramp(g * GROUP, 1, GROUP)]), GROUP), st[1], st[0] == T.float32(0)))
+                    s[vi, g] = T.Cast(dtype, st[0])
+
+    from tvm.target import codegen
+
+    host = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "mtriple": codegen.llvm_get_system_triple()}
+    return tvm.compile(tvm.IRModule({"main": quant.with_attr("global_symbol", "main")}), tvm.target.Target(host))["main"]
+
+
+def quantize(rows: np.ndarray, stored: str, dtype: str):
+    """(q_weight, q_scale, finite) of ``rows`` [n, k] as stored on disk (``stored``: the checkpoint's dtype name,
+    BF16/F16/F32; bfloat16 rows as ml_dtypes or uint16 bits), or None when the kernel cannot run here (no TVM, k % 32, unknown dtype)."""
+    if stored not in SOURCE or rows.shape[1] % GROUP:
+        return None
+    try:
+        import tvm
+
+        f = build(SOURCE[stored], dtype)
+    except Exception:  # noqa: BLE001 - no TVM / no compiler here: the numpy path does the same work
+        return None
+    n, k = rows.shape
+    dev = tvm.cpu()
+    src = np.ascontiguousarray(rows)  # a .bin tensor may be a strided view
+    src = src.view(np.uint16) if stored == "BF16" else src
+    q = tvm.runtime.empty((n, k // WORD), "uint32", dev)
+    s = tvm.runtime.empty((n, k // GROUP), dtype, dev)
+    bad = tvm.runtime.empty((n,), "int32", dev)
+    f(tvm.runtime.tensor(src, dev), q, s, bad)
+    return q.numpy(), s.numpy(), not bad.numpy().any()
