@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reference_numpy import ReferenceMiniCPM  # noqa: E402
 
 from mlc_weights import dequantized_hf_weights  # noqa: E402
+from mcpm_mobile.support.ar import symbol_offset  # noqa: E402
 
 PREFILL, DECODE, GREEDY = 11, 6, 12
 CHUNK, CONTEXT = 8, 64  # 11 prompt tokens -> two prefill chunks (8 + 3)
@@ -56,28 +57,12 @@ def x86_opencl_target() -> dict:
 
 
 # --- the serialized OpenCL module in a library ------------------------------------------------
-def _elf_symbol_bytes(data: bytes, name: str) -> int:
-    """File offset of symbol ``name`` in an ELF64 object or shared library."""
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    for _, sh_type, _, _, off, size, link, _, _, entsize in sections:
-        if sh_type not in (2, 11):  # SHT_SYMTAB, SHT_DYNSYM
-            continue
-        strtab = sections[link][4]
-        for i in range(size // entsize):
-            st_name, _, _, shndx, value = struct.unpack_from("<IBBHQ", data, off + i * entsize)
-            end = data.index(b"\0", strtab + st_name)
-            if data[strtab + st_name:end].decode() == name and 0 < shndx < len(sections):
-                _, _, _, addr, sec_off = sections[shndx][:5]
-                return sec_off + value - addr  # addr is 0 in a relocatable object
-    raise ValueError(f"symbol {name} not found")
-
-
 def device_modules(blob_owner: bytes, symbol: str) -> dict[str, bytes]:
     """{module kind: serialized bytes} of the TVM library blob at ``symbol`` (tvm-ffi's layout:
     u64 size, import tree (two u64 vectors), then (kind, payload) pairs, "_lib" without payload)."""
-    pos = _elf_symbol_bytes(blob_owner, symbol)
+    pos = symbol_offset(blob_owner, symbol)
+    if pos is None:
+        raise ValueError(f"symbol {symbol} not found")
     size, = struct.unpack_from("<Q", blob_owner, pos)
     data, p = blob_owner[pos + 8:pos + 8 + size], 0
 

@@ -66,20 +66,22 @@ def _macho_symbols(obj: bytes, defined: bool = True) -> list[str]:
 
 
 def symbol_offset(obj: bytes, name: str) -> int | None:
-    """File offset of the data of defined symbol ``name`` (ELF64 / Mach-O 64 object), or None."""
+    """File offset of the data of defined symbol ``name`` (ELF64 object or shared library, Mach-O 64
+    object), or None."""
     if obj[:4] == ELF_MAGIC:
         shoff, = struct.unpack_from("<Q", obj, 0x28)
         shentsize, shnum = struct.unpack_from("<HH", obj, 0x3A)
         sections = [struct.unpack_from("<IIQQQQIIQQ", obj, shoff + i * shentsize) for i in range(shnum)]
         for _, sh_type, _, _, off, size, link, _, _, entsize in sections:
-            if sh_type != 2:
+            if sh_type not in (2, 11):  # SHT_SYMTAB, SHT_DYNSYM
                 continue
             str_off = sections[link][4]
             for i in range(size // entsize):
                 st_name, _, _, st_shndx, st_value = struct.unpack_from("<IBBHQ", obj, off + i * entsize)
                 end = obj.index(b"\0", str_off + st_name)
                 if obj[str_off + st_name:end].decode() == name and 0 < st_shndx < len(sections):
-                    return sections[st_shndx][4] + st_value
+                    _, _, _, addr, sec_off = sections[st_shndx][:5]
+                    return sec_off + st_value - addr  # addr is 0 in a relocatable object
         return None
     if obj[:4] == MACHO_MAGIC:
         ncmds, = struct.unpack_from("<I", obj, 16)
