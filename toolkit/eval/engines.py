@@ -8,6 +8,7 @@ frees it, one artifact at a time.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,17 @@ def _hf_tokenizer(path: Path):
     return Tokenizer.from_file(str(path))
 
 
-class Artifact:
+class Artifact(ABC):
+    """One quantized artifact under evaluation; each engine implements encode/open/window_logits."""
+
     label: str  # row name in the report
     kind: str  # what it is: format, type, engine
     path: Path
     vocab_size: int
 
+    @abstractmethod
     def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+        """Token ids of ``text`` as this artifact's own tokenizer gives them."""
 
     def check_tokenizer(self, sample: str, ids: list[int], vocab_size: int) -> None:
         if self.vocab_size != vocab_size:
@@ -46,11 +50,13 @@ class Artifact:
             raise fail(self.path, "tokenizes the text differently from the checkpoint "
                                   f"({_first_difference(theirs, ids)})")
 
+    @abstractmethod
     def open(self) -> None:
-        raise NotImplementedError
+        """Load the engine (kept out of the timed evaluation)."""
 
+    @abstractmethod
     def window_logits(self, window: list[int], first: int) -> np.ndarray:
-        raise NotImplementedError
+        """Next-token logits for positions ``first``.. of ``window``."""
 
     def close(self) -> None:
         pass
