@@ -52,7 +52,7 @@ def targets(r: dict) -> list[tuple[str, bool | None, str]]:
         top = ", ".join(f"{k} {v:.2f} ms" for k, v in list(prof[0]["other_calls_ms"].items())[:4])
         t.append(("per-token time outside the weight GEMVs < 1 ms", med(other) < 1.0,
                   f"{span(other, '{:.2f}')} ms of a {med([p['token_ms'] for p in prof]):.2f} ms token (GEMVs "
-                  f"{med([p['gemv_ms'] for p in prof]):.2f} ms); largest other calls (hook-timed; the figure is an upper bound, the hook's own cost included): {top}"))
+                  f"{med([p['gemv_ms'] for p in prof]):.2f} ms); largest other parts (unhooked token wall time minus the GEMVs timed by a C++ VM instrument): {top}"))
     gb = r["checkpoint_gb"]
     q = conv_gbs(r, "quantize", gb)
     rss = max(x["peak_rss_mb"] for x in r["conversion"]["quantize"])
