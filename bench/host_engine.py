@@ -22,17 +22,20 @@ GEMV = ("matmul", "gemv", "lm_head")  # the weight GEMVs: the dequantize-matmuls
 
 
 def profile_decode(engine, token: int, steps: int = 32) -> dict:
-    """Per-token decode time outside the weight GEMVs, without a Python hook in any timed step.
+    """Per-token decode time outside the weight GEMVs, with no Python hook in any timed step.
 
-    ``steps`` pairs of decode steps, alternating (the machine is shared, so both halves of a pair see
-    the same load): an unhooked step, timed as a whole (``engine.decode``: embedding, KV-cache
-    begin/end, the VM's ``decode``, the logits copy), and a step with ``bench/vmprof.cc``, a C++ VM
-    instrument that times every Call instruction (a clock read and a hash-map update, ~0.1 us per call;
-    no Python runs per call). ``token_ms``: median wall time of the unhooked steps; ``gemv_ms``: median
-    time inside the weight GEMV kernels (dequantize-matmuls, lm_head) of the timed steps;
-    ``other_ms``: their difference. ``other_calls_ms``: the median time of every other callee per
-    step, largest first, with ``(between calls)``: the unhooked wall time minus the time of all calls
-    (the VM interpreter, the engine's Python, the logits copy)."""
+    ``steps`` pairs of decode steps, alternating so that both halves of a pair see the same load on a
+    shared machine: an unhooked step, timed as a whole (``engine.decode``: embedding, KV-cache
+    begin/end, the VM's ``decode``, the logits), then a step under ``bench/vmprof.cc``, a C++ VM
+    instrument that times every Call instruction (a clock read and a hash-map update, ~0.1 us per
+    call; no Python runs per call).
+
+    ``token_ms``: median wall time of the unhooked steps. ``gemv_ms``: median time inside the weight
+    GEMV kernels (dequantize-matmuls, lm_head) of the timed steps. ``other_ms``: median over the pairs
+    of (unhooked wall time - GEMV time). ``other_calls_ms``: median time per step of every other
+    callee, largest first, and ``(between calls)``: ``other_ms`` minus those calls (the VM
+    interpreter between instructions, the engine's Python, the embedding's input tensor).
+    """
     from vmprof import VMProfiler
 
     prof = VMProfiler()
@@ -50,11 +53,11 @@ def profile_decode(engine, token: int, steps: int = 32) -> dict:
         for k, (_, s) in calls.items():
             per_call.setdefault(k, []).append(s)
     med = lambda xs: float(np.median(xs)) * 1e3  # noqa: E731
-    wall, gemv = med(walls), med(gemvs)
+    outside = med([w - g for w, g in zip(walls, gemvs)])  # per pair: both halves ran under the same load
     other = {k: med(v) for k, v in per_call.items() if not any(w in k for w in GEMV)}
-    other["(between calls)"] = wall - gemv - sum(other.values())
+    other["(between calls)"] = outside - sum(other.values())
     top = sorted(other.items(), key=lambda kv: -kv[1])[:8]
-    return {"token_ms": round(wall, 3), "gemv_ms": round(gemv, 3), "other_ms": round(wall - gemv, 3),
+    return {"token_ms": round(med(walls), 3), "gemv_ms": round(med(gemvs), 3), "other_ms": round(outside, 3),
             "other_calls_ms": {k: round(v, 3) for k, v in top}}
 
 

@@ -20,7 +20,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
-from mcpm_mobile.compiler import cpu_attention, gpu, interface, kv_compat, sampler, schedules
+from mcpm_mobile.compiler import cpu_attention, cpu_math, cpu_rope, gpu, interface, kv_compat, sampler, schedules
 
 ENTRY_FUNCTIONS = ["embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify",
                    "create_tir_paged_kv_cache", "alloc_embedding_tensor", "softmax_with_temperature",
@@ -42,6 +42,12 @@ def MarkNoAlias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 - pass n
     return mod
 
 
+def _cpu_rope(metadata: dict) -> tvm.transform.Pass:
+    kv, cfg = metadata["kv_cache"], metadata["mcpm"]["model_config"]
+    return cpu_rope.ReplaceCPURope(float(cfg["rope_theta"]), kv["num_attention_heads"], kv["num_key_value_heads"],
+                                   kv["head_dim"])
+
+
 def get_pipeline(target: tvm.target.Target, metadata: dict) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="MCPMPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -53,14 +59,14 @@ def get_pipeline(target: tvm.target.Target, metadata: dict) -> tvm.transform.Pas
             relax.transform.FuseTransposeMatmul(),
             *([relax.backend.DispatchSortScan()] if on_gpu else []),  # the sampler's argsort
             # phase 2: lowering and fusion
-            relax.transform.LegalizeOps(),
+            relax.transform.LegalizeOps(None if on_gpu else cpu_math.LEGALIZE),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
             relax.transform.DeadCodeElimination(entries),
             # phase 3: target-specific schedules
-            *([] if on_gpu else [cpu_attention.ReplaceCPUAttention]),
+            *([] if on_gpu else [cpu_attention.ReplaceCPUAttention, _cpu_rope(metadata)]),
             dl.ApplyDefaultSchedule(*schedules.schedule_rules(target)),
             *([gpu.NarrowIndices] if on_gpu and target.kind.name != "cuda" else []),
             # phase 4: VM lowering

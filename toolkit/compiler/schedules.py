@@ -20,7 +20,7 @@ def is_cpu(target: Target) -> bool:
 
 def schedule_rules(target: Target) -> list[ScheduleRule]:
     if is_cpu(target):
-        return [CPUDequantizeMatmul(), CPUDequantizeTake(), CPUGeneric()]
+        return [CPUDequantizeMatmul(), CPUDequantizeTake(), CPUElementwise(), CPUGeneric()]
     from mcpm_mobile.compiler import gpu
 
     return gpu.schedule_rules(target)
@@ -320,6 +320,51 @@ class CPUDequantizeTake(ScheduleRule):
         if hext % 8 == 0:
             _, hi = sch.split(h, [None, 8])
             sch.vectorize(hi)
+        return sch
+
+
+class CPUElementwise(ScheduleRule):
+    """Fused element-wise kernels (split + SiLU * up, residual adds, casts): one vectorised loop.
+
+    Every block but the last is inlined; the last one's innermost loop is split into vector lanes and
+    the remaining loops are fused into one, run in parallel only when there is enough work to pay for
+    waking the pool (prefill, not a decode token's 4096 elements).
+    """
+
+    PARALLEL_MIN = 1 << 16  # elements
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not is_cpu(target):
+            return None
+        if func.attrs is not None and (func.attrs.get("tirx.is_scheduled") or func.attrs.get("mcpm.kernel")
+                                       or int(func.attrs.get("op_pattern", 0)) > 2):
+            return None
+        try:
+            sch = s_tir.Schedule(func)
+            blocks = sch.get_child_blocks(sch.get_sblock("root"))
+            if len(blocks) < 1 or any(iv.iter_type != tirx.IterVar.DataPar
+                                      for b in blocks for iv in sch.get(b).iter_vars):
+                return None
+            if any(len(sch.get(b).writes) != 1 for b in blocks):
+                return None
+            for b in blocks[:-1]:
+                sch.compute_inline(b)
+            last = blocks[-1]
+            loops = sch.get_loops(last)
+            if not loops or len(loops) != len(sch.get(last).iter_vars):
+                return None
+        except Exception:  # noqa: BLE001 - not a plain element-wise function: leave it to CPUGeneric
+            return None
+        lanes = _vector_lanes(target)
+        inner = _extent(sch, loops[-1])
+        if inner is None or inner % lanes:
+            return None
+        outer, vec = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(vec)
+        fused = sch.fuse(*loops[:-1], outer) if len(loops) > 1 else outer
+        total = _extent(sch, fused)
+        if total is None or total * lanes >= self.PARALLEL_MIN:
+            sch.parallel(fused)
         return sch
 
 

@@ -94,7 +94,11 @@ class Engine:
         elif device != "cpu":
             raise MCPMError(f"unknown device '{device}' (cpu or opencl)")
         self.dev = tvm.device(device)
-        tvm.get_global_func("runtime.config_threadpool")(1, threads or os.cpu_count() or 1)
+        # TVM sizes its pool and every parallel launch by TVM_NUM_THREADS; without it a launch asks
+        # hardware_concurrency() (a sysfs read) and halves it on x86, whatever config_threadpool was told
+        n = threads or int(os.environ.get("TVM_NUM_THREADS") or 0) or os.cpu_count() or 1
+        os.environ["TVM_NUM_THREADS"] = str(n)
+        tvm.get_global_func("runtime.config_threadpool")(1, n)
         try:
             self.vm = relax.VirtualMachine(self._load_library(system_lib_prefix), self.dev)
             self.metadata = json.loads(str(self.vm["_metadata"]()))
@@ -221,7 +225,7 @@ class Engine:
         logits, self.kv = self._f["decode"](emb, self.kv, self.params)
         self._end(self.kv)
         self.history.append(token)
-        return logits.numpy().reshape(-1)
+        return np.from_dlpack(logits).reshape(-1)  # no copy: the VM allocates a fresh logits tensor per call
 
     def softmax(self, logits: np.ndarray, temperature: float) -> np.ndarray:
         """The library's ``softmax_with_temperature`` on one row."""
