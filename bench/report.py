@@ -129,14 +129,17 @@ def render(r: dict) -> str:
                   "llama.cpp: n_batch 2048, n_ubatch 512 (its defaults).", ""]
     gb = r["checkpoint_gb"]
     lines += [f"### Conversion of the MiniCPM4-0.5B shape ({gb} GB bf16 safetensors)", "",
-              "| conversion | wall s | input GB/s | peak RSS |", "|---|---|---|---|"]
+              "| conversion | wall s | input GB/s | peak RSS | first run on a machine (kernels compiled, cold cache) |",
+              "|---|---|---|---|---|"]
     names = {"quantize": "mcpm-mobile quantize (q4f16_1)", "quantize_bin": "mcpm-mobile quantize from .bin (q4f16_1)", "export_gguf": "mcpm-mobile export-gguf (q4_0)",
              "export_onnx": "mcpm-mobile export-onnx (int4 MatMulNBits)",
              "llamacpp": "llama.cpp convert_hf_to_gguf (f16) + quantize (Q4_0)"}
     for k, runs in r["conversion"].items():
         secs = [x["seconds"] for x in runs]
+        c = r.get("conversion_cold", {}).get(k)
+        first = f"{c['seconds']:.2f} s, {gb / c['seconds']:.2f} GB/s, {c['peak_rss_mb']:.0f} MB" if c else "-"
         lines.append(f"| {names[k]} | {span(secs, '{:.2f}')} | {span([gb / s for s in secs], '{:.2f}')} | "
-                     f"{max(x['peak_rss_mb'] for x in runs):.0f} MB |")
+                     f"{max(x['peak_rss_mb'] for x in runs):.0f} MB | {first} |")
     lines += ["", "| compile (0.5B shape) | wall | peak RSS |", "|---|---|---|"]
     lines += [f"| {t} | {c['seconds']} s | {c['peak_rss_mb']:.0f} MB |" for t, c in r["compile"].items()]
     if "8b" in r:
