@@ -171,7 +171,9 @@ def main() -> None:
         e8 = {"layers": layers8 or 32, "checkpoint_gb": round((ckpt8 / "model.safetensors").stat().st_size / 1e9, 2)}
         e8["quantize"] = run_json([CLI, "quantize", ckpt8, "-o", w8, "--force", "--json"], env)
         e8["export_gguf"] = run_json([CLI, "export-gguf", ckpt8, "-o", g8, "--type", "q4_0", "--force", "--json"], env)
-        e8["compile"] = run_json([CLI, "compile", w8, "--target", "host", "-o", lib8, "--json"], env)
+        e8["export_onnx"] = run_json([CLI, "export-onnx", ckpt8, "-o", out / "onnx-8b", "--force", "--json"], env)
+        e8["compile"] = {target: run_json([CLI, "compile", w8, "--target", target, "-o", out / f"lib-8b-{target}{suffix}",
+                                           "--force", "--json"], env) for target, suffix in TARGETS.items()}
         e8["host"] = rounds_of(args.rounds, {
             "ours": lambda: run_json([sys.executable, HERE / "host_engine.py", w8, lib8, "--threads", args.threads,
                                       "--contexts", "128", "--decode-tokens", 64], env),
