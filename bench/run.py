@@ -146,7 +146,7 @@ def main() -> None:
     for target, suffix in TARGETS.items():
         lib = out / f"lib-0.5b-{target}{suffix}"
         r["compile"][target] = run_json([CLI, "compile", weights, "--target", target, "-o", lib, "--context-window",
-                                         WINDOW, "--json"], env)
+                                         WINDOW, "--force", "--json"], env)
 
     step("host inference against context length, alternating rounds")
     lib = out / "lib-0.5b-host.so"

@@ -137,6 +137,16 @@ def test_force_replaces_only_a_gguf(ckpt, tmp_path):
     guarded(tmp_path, ["export-gguf", ckpt, "-o", target, "--force"], "will not replace")
 
 
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("name", ["notes.so", "notes.tar"])
+def test_compile_never_overwrites_a_file_that_is_not_a_library(force, name, tmp_path, quantized_dir):
+    weights = _weights(tmp_path, quantized_dir)
+    (tmp_path / name).write_text("my notes")
+    target = "android" if name.endswith(".tar") else "host"
+    guarded(tmp_path, ["compile", weights, "--target", target, "-o", tmp_path / name] + (["--force"] if force else []),
+            "will not replace" if force else "--force")
+
+
 def test_plot_refuses_devices_and_foreign_files(tmp_path):
     foreign = tmp_path / "photo.png"
     foreign.write_text("a text file")
