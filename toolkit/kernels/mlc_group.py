@@ -1,17 +1,21 @@
-"""MLC's INT4 group quantization (``group.py``'s arithmetic, bit for bit) as one compiled host kernel.
+"""MLC's INT4 group quantization (``quantize/group.py``'s arithmetic, bit for bit) as one compiled host kernel.
 
 The numpy version makes ~15 passes over each float32 block (casts, scale, divide, round, clip, pack); this
 kernel reads each row once: per group of 32, the float16 rounding of the inputs, max|x| / 7 rounded to the
 model dtype, the codes ``nearbyint(dtype(dtype(x / scale) + 7))`` clipped to 0..14 (all-zero group: scale 0,
 code 7), and the 8 codes of each word ORed together by shuffles. Rows run on TVM's thread pool
-(``TVM_NUM_THREADS``). Built once per (K, model dtype) per process (about a second); ``quantize_rows`` falls
-back to numpy when TVM is not importable.
+(``TVM_NUM_THREADS``). Built once per (stored dtype, model dtype) on a machine and kept in the kernel cache
+(``support/cache.py``); it reads the rows where they lie (a memory map) and writes into the caller's arrays.
+Where TVM cannot run, the caller takes the numpy path (``quantize/group.py``).
 """
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
+
+from mcpm_mobile.support.cache import cached_kernel
 
 GROUP, WORD, LANES = 32, 8, 16
 
@@ -26,6 +30,12 @@ SOURCE = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # safetensors d
 
 @functools.cache
 def build(source: str, dtype: str):
+    """The kernel :func:`compile_kernel` builds, from the kernel cache when it is there."""
+    return cached_kernel(f"mlc-group-{source}-{dtype}", f"{Path(__file__).read_text()}\n{source} {dtype}",
+                         lambda: compile_kernel(source, dtype))
+
+
+def compile_kernel(source: str, dtype: str):
     """The compiled kernel ``f(w [n, k], q uint32 [n, k/8], s dtype [n, k/32], bad int32 [n])`` for any n and
     k % 32 == 0; ``source`` is the stored dtype (bfloat16 is read as its uint16 bits). ``bad[i]`` is 1 when
     row i holds a NaN or Inf, or a value beyond float16's range for a float16 model (its codes are then
@@ -77,10 +87,10 @@ def build(source: str, dtype: str):
     def quant(w_h: T.handle, q_h: T.handle, s_h: T.handle, bad_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         n, groups = T.int64(), T.int64()
-        w = T.match_buffer(w_h, (n, groups * GROUP), source)
-        q = T.match_buffer(q_h, (n, groups * (GROUP // WORD)), "uint32")
-        s = T.match_buffer(s_h, (n, groups), dtype)
-        bad = T.match_buffer(bad_h, (n,), "int32")
+        w = T.match_buffer(w_h, (n, groups * GROUP), source, align=1)
+        q = T.match_buffer(q_h, (n, groups * (GROUP // WORD)), "uint32", align=1)
+        s = T.match_buffer(s_h, (n, groups), dtype, align=1)
+        bad = T.match_buffer(bad_h, (n,), "int32", align=1)
         for i in T.parallel(n):
             with T.sblock("row"):
                 vi = T.axis.spatial(n, i)
@@ -100,26 +110,27 @@ def build(source: str, dtype: str):
     from tvm.target import codegen
 
     host = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "mtriple": codegen.llvm_get_system_triple()}
-    return tvm.compile(tvm.IRModule({"main": quant.with_attr("global_symbol", "main")}), tvm.target.Target(host))["main"]
+    return tvm.compile(tvm.IRModule({"main": quant.with_attr("global_symbol", "main")}), tvm.target.Target(host))
 
 
-def quantize(rows: np.ndarray, stored: str, dtype: str):
+def quantize(rows: np.ndarray, stored: str, dtype: str, q: np.ndarray | None = None, s: np.ndarray | None = None):
     """(q_weight, q_scale, finite) of ``rows`` [n, k] as stored on disk (``stored``: the checkpoint's dtype name,
-    BF16/F16/F32; bfloat16 rows as ml_dtypes or uint16 bits), or None when the kernel cannot run here (no TVM, k % 32, unknown dtype)."""
+    BF16/F16/F32; bfloat16 rows as ml_dtypes or uint16 bits), written into ``q`` [n, k/8] and ``s`` [n, k/32]
+    when given; None when the kernel cannot run here (no TVM, k % 32, unknown dtype). Writable contiguous rows
+    (a copy-on-write memory map) are read in place; others are copied first."""
     if stored not in SOURCE or rows.shape[1] % GROUP:
         return None
     try:
-        import tvm
+        import tvm_ffi
 
         f = build(SOURCE[stored], dtype)
     except Exception:  # noqa: BLE001 - no TVM / no compiler here: the numpy path does the same work
         return None
     n, k = rows.shape
-    dev = tvm.cpu()
-    src = np.ascontiguousarray(rows)  # a .bin tensor may be a strided view
+    src = rows if rows.flags.c_contiguous and rows.flags.writeable else np.array(rows, order="C")
     src = src.view(np.uint16) if stored == "BF16" else src
-    q = tvm.runtime.empty((n, k // WORD), "uint32", dev)
-    s = tvm.runtime.empty((n, k // GROUP), dtype, dev)
-    bad = tvm.runtime.empty((n,), "int32", dev)
-    f(tvm.runtime.tensor(src, dev), q, s, bad)
-    return q.numpy(), s.numpy(), not bad.numpy().any()
+    q = np.empty((n, k // WORD), np.uint32) if q is None else q
+    s = np.empty((n, k // GROUP), dtype) if s is None else s
+    bad = np.empty((n,), np.int32)
+    f(*(tvm_ffi.from_dlpack(a) for a in (src, q, s, bad)))
+    return q, s, not bad.any()
