@@ -169,6 +169,18 @@ def _exp2(x, lanes):
     return p * T.reinterpret(f"float32x{lanes}", bits)
 
 
+def _exp2_scalar(x):
+    """``_exp2`` of one float32: inline, so the per-row softmax rescale is no libm call (which spilled every
+    vector register and serialised the rows)."""
+    x = T.max(x, T.float32(-126))
+    n = T.floor(x + T.float32(0.5))
+    f = x - n
+    p = T.float32(1.540353039e-4)
+    for c in (1.333355815e-3, 9.618129108e-3, 5.550410866e-2, 2.402265070e-1, 6.931471806e-1, 1.0):
+        p = p * f + T.float32(c)
+    return p * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + T.int32(127), T.int32(23)))
+
+
 def _reduce(v, lanes, op):
     width = lanes
     while width > 1:
@@ -219,7 +231,7 @@ def _chunk_update(D: int):
         sv[T.ramp(0, 1, L)] = T.Select(T.ramp(c0, 1, L) < T.Broadcast(lim, L), _scores(Qs, Ks, r, D),
                                        T.Broadcast(T.float32(-5e4), L))
         sv[L] = T.max(ms[r], _reduce(sv[T.ramp(0, 1, L)], L, T.max))
-        sv[L + 1] = T.exp2(ms[r] - sv[L])
+        sv[L + 1] = _exp2_scalar(ms[r] - sv[L])
         ms[r] = sv[L]
         sv[T.ramp(0, 1, L)] = _exp2(sv[T.ramp(0, 1, L)] - T.Broadcast(sv[L], L), L)
         ls[r] = ls[r] * sv[L + 1] + _reduce(sv[T.ramp(0, 1, L)], L, lambda a, b: a + b)
