@@ -90,7 +90,8 @@ def split_rotary_cpu(theta: float, num_q_heads: int, num_kv_heads: int, head_dim
     return fused_rope
 
 
-def ReplaceCPURope(theta: float, num_q_heads: int, num_kv_heads: int, head_dim: int) -> tvm.transform.Pass:  # noqa: N802
+def ReplaceCPURope(theta: float, num_q_heads: int, num_kv_heads: int,  # noqa: N802 - pass naming
+                   head_dim: int) -> tvm.transform.Pass:
     """Replace the model's ``tir_split_rotary`` (TVM's kernel for these heads and ``theta``, either dtype)."""
     own = {dtype: llama_rope_with_position_map(theta, 1.0, head_dim, num_q_heads, num_kv_heads, dtype, {}, head_dim)
            for dtype in ("float16", "float32")} if head_dim % 2 == 0 else {}
