@@ -472,6 +472,8 @@ def decode_attention_tiled(num_kv_heads: int, num_qo_heads: int, head_dim: int, 
     R = H_qo // H_kv
     scale = math.log2(math.exp(1))
     update = _chunk_update(D)
+    per_line = 512 // tvm.DataType(qkv_dtype).bits  # elements in a 64-byte cache line
+    lines = -(-D // per_line)
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(Q_handle: T.handle, pages_handle: T.handle, page_table_indptr_handle: T.handle,
@@ -527,6 +529,14 @@ def decode_attention_tiled(num_kv_heads: int, num_qo_heads: int, head_dim: int, 
                     ms[r] = T.float32(-5e4)
                     ls[r] = T.float32(0)
                 for c in T.serial(T.ceildiv(n_kv, L)):
+                    if (c + 1) * L < n_kv:  # the next chunk's page (K and V of this head) while this one computes
+                        nxt: T.let[T.int32] = page_table_values[
+                            p0 + _get_seq_offset((c + 1) * L, b, length_info, False) // P]
+                        for kv in T.serial(2):
+                            for s in T.serial(P):
+                                for ln in T.serial(lines):
+                                    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch", T.address_of(
+                                        pages[nxt, kv, hk, s, ln * per_line]), T.int32(0), T.int32(3), T.int32(1)))
                     for j in T.serial(L):
                         if c * L + j < n_kv:
                             page: T.let[T.int32] = page_table_values[
