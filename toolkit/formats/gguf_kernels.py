@@ -1,0 +1,255 @@
+"""GGUF's Q4_0, Q8_0 and Q6_K blocks as compiled host kernels, byte for byte what the numpy quantizers write.
+
+Q4_0 and Q8_0 follow ``gguf.quants`` (gguf-py's ``Q4_0.quantize_blocks``/``Q8_0.quantize_blocks``), Q6_K our
+``gguf_kquants.quantize_q6_k`` (ggml's ``quantize_row_q6_K_ref``): float32 throughout, products rounded before
+they are added (``host_kernel.no_fma``), sums in the same order (vectorized across Q6_K's 16 sub-blocks, never
+along a sum). Each kernel reads the rows as stored (bfloat16 as its uint16 bits, float16, float32, straight from
+the memory map), one row per task on TVM's thread pool, and writes the GGUF bytes of the row. A row it cannot
+match flags itself (NaN/Inf; a Q4_0/Q8_0 block whose 1/d overflows; Q6_K values of 2**24 or more, whose
+cubes overflow float32): :func:`quantize` then returns None and the caller runs the numpy path, which
+reports NaN/Inf as usual.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from mcpm_mobile.support import host_kernel as hk
+
+Q = gguf.GGMLQuantizationType
+BLOCK = {Q.Q4_0: 32, Q.Q8_0: 32, Q.Q6_K: 256}
+BLOCK_BYTES = {Q.Q4_0: 18, Q.Q8_0: 34, Q.Q6_K: 210}
+Q6_K_LIMIT = float(1 << 24)  # |x| from here on: x**3 * 32**2 may overflow float32; numpy path
+GROUP_MAX_EPS = 1e-15  # gguf_kquants.GROUP_MAX_EPS
+# fit_symmetric's trial scales: -(32 + 0.1 k) in float32, k = 0 first, then -9..9 without 0
+TRIALS = [float(-(np.float32(32) + np.float32(0.1) * np.float32(k))) for k in [0, *range(-9, 0), *range(1, 10)]]
+SOURCES = (Path(__file__), Path(hk.__file__))
+
+
+def _q32(kind: Q, source: str):
+    """Q4_0 / Q8_0 over rows of ``source``: ``f(w [n, 32 b], out uint8 [n, b * block bytes], bad int32 [n])``."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    L, size = 32, BLOCK_BYTES[kind]
+    item = np.dtype(source).itemsize
+
+    def x_of(w, vi, g):
+        return hk.load_f32(w[vi, T.ramp(g * L, 1, L)], source, L, T)
+
+    def scale(x):
+        if kind == Q.Q4_0:  # d = the first largest-magnitude value / -8
+            return hk.first_abs_max(x, L, T, tirx) / T.float32(-8)
+        return hk.fold_all(T.fabs(x), L, T.max, tirx) / T.float32(127)
+
+    def codes(x, inv):
+        v = x * T.Broadcast(inv, L)
+        if kind == Q.Q4_0:  # trunc(x * id + 8.5) clipped to 15, low nibbles from the first 16
+            c = T.Cast(f"uint8x{L}", T.min(T.trunc(hk.no_fma(v, L, T) + T.Broadcast(T.float32(8.5), L)),
+                                           T.Broadcast(T.float32(15), L)))
+            lo, hi = tirx.Shuffle([c], list(range(16))), tirx.Shuffle([c], list(range(16, 32)))
+            return lo | T.shift_left(hi, T.Broadcast(T.uint8(4), 16))
+        a = T.fabs(v)  # gguf's np_roundf: round half away from zero, as floor(a) + floor(2 (a - floor(a)))
+        b = T.floor(a) + T.floor(T.Broadcast(T.float32(2), L) * (a - T.floor(a)))
+        q = T.Select(v < T.Broadcast(T.float32(0), L), T.Broadcast(T.float32(0), L) - b, b)
+        return T.reinterpret(f"uint8x{L}", T.Cast(f"int8x{L}", q))
+
+    @T.prim_func(private=True, s_tir=True)
+    def main(w_h: T.handle, o_h: T.handle, bad_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n, k, m = T.int64(), T.int64(), T.int64()
+        w = T.match_buffer(w_h, (n, k), source, align=item)
+        o = T.match_buffer(o_h, (n, m), "uint8", align=1)
+        bad = T.match_buffer(bad_h, (n,), "int32")
+        for i in T.parallel(n):
+            with T.sblock("row"):
+                vi = T.axis.spatial(n, i)
+                T.reads()
+                T.writes()
+                st = T.sblock_alloc_buffer((2,), "float32")  # d, 1/d
+                fl = T.sblock_alloc_buffer((L,), "int32")  # per lane: some block had NaN/Inf here
+                fl[T.ramp(0, 1, L)] = T.Broadcast(0, L)
+                for g in range(k // L):
+                    st[0] = scale(x_of(w, vi, g))
+                    st[1] = T.if_then_else(st[0] == T.float32(0), T.float32(0), T.float32(1) / st[0])
+                    fl[T.ramp(0, 1, L)] = fl[T.ramp(0, 1, L)] | T.Cast(f"int32x{L}", hk.not_finite(x_of(w, vi, g), L, T)) | T.Broadcast(T.Cast("int32", hk.not_finite(st[1], 1, T)), L)
+                    o[vi, T.ramp(g * size + 2, 1, size - 2)] = codes(x_of(w, vi, g), st[1])
+                    bits = T.reinterpret("uint16", T.Cast("float16", st[0]))
+                    o[vi, g * size] = T.Cast("uint8", bits & T.uint16(255))
+                    o[vi, g * size + 1] = T.Cast("uint8", T.shift_right(bits, T.uint16(8)))
+                bad[vi] = hk.any_lane(fl[T.ramp(0, 1, L)], L, tirx)
+
+    return main
+
+
+def _q6_k(source: str):
+    """Q6_K over rows of ``source``: ``f(w [n, 256 b], out uint8 [n, 210 b], bad int32 [n])``.
+
+    Lanes are the 16 sub-blocks of a super-block (its values gathered transposed, ``xt[j]`` = value j of
+    every sub-block), so each of ggml's sums runs in its own order down j."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    S, item = 16, np.dtype(source).itemsize
+    NT = len(TRIALS)
+    # slots of 16 lanes in the float buffer ``v``
+    PEAK, ISC, SLX, SL2, SCALE, BEST, BISC, ZERO, EFF, BETTER = range(10)
+
+    def bc(value: float):
+        return T.Broadcast(T.float32(value), S)
+
+    def trial(t):  # TRIALS[t] for a loop variable t
+        e = T.float32(TRIALS[-1])
+        for k in range(NT - 2, -1, -1):
+            e = T.Select(t == k, T.float32(TRIALS[k]), e)
+        return e
+
+    def lane_slot(v, k):
+        return v[T.ramp(k * S, 1, S)]
+
+    def level(isc, x):  # clip(rint(iscale * x), -32, 31), as float
+        return T.min(T.max(T.nearbyint(isc * x), bc(-32.0)), bc(31.0))
+
+    @T.prim_func(private=True, s_tir=True)
+    def main(w_h: T.handle, o_h: T.handle, bad_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n, k, m = T.int64(), T.int64(), T.int64()
+        w = T.match_buffer(w_h, (n, k), source, align=item)
+        o = T.match_buffer(o_h, (n, m), "uint8", align=1)
+        bad = T.match_buffer(bad_h, (n,), "int32")
+        for i in T.parallel(n):
+            with T.sblock("row"):
+                vi = T.axis.spatial(n, i)
+                T.reads()
+                T.writes()
+                xt = T.sblock_alloc_buffer((256,), "float32")  # xt[j*16 + s] = value j of sub-block s
+                wt = T.sblock_alloc_buffer((256,), "float32")  # x*x
+                wxt = T.sblock_alloc_buffer((256,), "float32")  # (x*x)*x
+                v = T.sblock_alloc_buffer((10 * S,), "float32")
+                nat = T.sblock_alloc_buffer((256,), "int32")  # final levels 0..63 in value order
+                sc = T.sblock_alloc_buffer((S,), "int32")
+                sb = T.sblock_alloc_buffer((2,), "float32")  # super-block: max scale, d as stored
+                fl = T.sblock_alloc_buffer((S,), "int32")  # per lane: NaN/Inf or too large somewhere
+                fl[T.ramp(0, 1, S)] = T.Broadcast(0, S)
+                for b in range(k // 256):
+                    for j in T.unroll(S):
+                        xt[T.ramp(j * S, 1, S)] = hk.load_f32(w[vi, T.ramp(b * 256 + j, S, S)], source, S, T)
+                        wt[T.ramp(j * S, 1, S)] = xt[T.ramp(j * S, 1, S)] * xt[T.ramp(j * S, 1, S)]
+                        wxt[T.ramp(j * S, 1, S)] = wt[T.ramp(j * S, 1, S)] * xt[T.ramp(j * S, 1, S)]
+                        fl[T.ramp(0, 1, S)] = fl[T.ramp(0, 1, S)] | T.Cast(f"int32x{S}", hk.not_finite(
+                            xt[T.ramp(j * S, 1, S)], S, T) | (T.fabs(xt[T.ramp(j * S, 1, S)]) >= bc(Q6_K_LIMIT)))
+                    # fit_symmetric: the first largest-magnitude value of each sub-block
+                    v[T.ramp(PEAK * S, 1, S)] = xt[T.ramp(0, 1, S)]
+                    for j in T.unroll(1, S):
+                        v[T.ramp(PEAK * S, 1, S)] = T.Select(T.fabs(xt[T.ramp(j * S, 1, S)]) > T.fabs(lane_slot(v, PEAK)),
+                                                             xt[T.ramp(j * S, 1, S)], lane_slot(v, PEAK))
+                    v[T.ramp(ZERO * S, 1, S)] = T.Select(T.fabs(lane_slot(v, PEAK)) < bc(GROUP_MAX_EPS), bc(1.0), bc(0.0))
+                    v[T.ramp(PEAK * S, 1, S)] = T.Select(lane_slot(v, ZERO) > bc(0.0), bc(1.0), lane_slot(v, PEAK))
+                    for t in range(NT):
+                        v[T.ramp(ISC * S, 1, S)] = T.Broadcast(trial(t), S) / lane_slot(v, PEAK)
+                        v[T.ramp(SLX * S, 1, S)] = hk.no_fma(
+                            wxt[T.ramp(0, 1, S)] * level(lane_slot(v, ISC), xt[T.ramp(0, 1, S)]), S, T)
+                        v[T.ramp(SL2 * S, 1, S)] = hk.no_fma(
+                            (wt[T.ramp(0, 1, S)] * level(lane_slot(v, ISC), xt[T.ramp(0, 1, S)]))
+                            * level(lane_slot(v, ISC), xt[T.ramp(0, 1, S)]), S, T)
+                        for j in T.unroll(1, S):
+                            v[T.ramp(SLX * S, 1, S)] = lane_slot(v, SLX) + hk.no_fma(
+                                wxt[T.ramp(j * S, 1, S)] * level(lane_slot(v, ISC), xt[T.ramp(j * S, 1, S)]), S, T)
+                            v[T.ramp(SL2 * S, 1, S)] = lane_slot(v, SL2) + hk.no_fma(
+                                (wt[T.ramp(j * S, 1, S)] * level(lane_slot(v, ISC), xt[T.ramp(j * S, 1, S)]))
+                                * level(lane_slot(v, ISC), xt[T.ramp(j * S, 1, S)]), S, T)
+                        if t == 0:
+                            v[T.ramp(SCALE * S, 1, S)] = T.Select(lane_slot(v, SL2) > bc(0.0),
+                                                                  lane_slot(v, SLX) / lane_slot(v, SL2), bc(0.0))
+                            v[T.ramp(BEST * S, 1, S)] = lane_slot(v, SCALE) * lane_slot(v, SLX)
+                            v[T.ramp(BISC * S, 1, S)] = lane_slot(v, ISC)
+                        else:
+                            v[T.ramp(BETTER * S, 1, S)] = T.Select(
+                                (lane_slot(v, SL2) > bc(0.0)) & (lane_slot(v, SLX) * lane_slot(v, SLX)
+                                                                 > lane_slot(v, BEST) * lane_slot(v, SL2)),
+                                bc(1.0), bc(0.0))
+                            v[T.ramp(SCALE * S, 1, S)] = T.Select(lane_slot(v, BETTER) > bc(0.0),
+                                                                  lane_slot(v, SLX) / lane_slot(v, SL2),
+                                                                  lane_slot(v, SCALE))
+                            v[T.ramp(BEST * S, 1, S)] = T.Select(lane_slot(v, BETTER) > bc(0.0),
+                                                                 lane_slot(v, SCALE) * lane_slot(v, SLX),
+                                                                 lane_slot(v, BEST))
+                            v[T.ramp(BISC * S, 1, S)] = T.Select(lane_slot(v, BETTER) > bc(0.0),
+                                                                 lane_slot(v, ISC), lane_slot(v, BISC))
+                    v[T.ramp(SCALE * S, 1, S)] = T.Select(lane_slot(v, ZERO) > bc(0.0), bc(0.0), lane_slot(v, SCALE))
+                    # the super-block: d from the first largest-magnitude scale
+                    sb[0] = hk.first_abs_max(lane_slot(v, SCALE), S, T, tirx)
+                    if T.fabs(sb[0]) < T.float32(GROUP_MAX_EPS):
+                        for k in T.unroll(210 // 14):
+                            o[vi, T.ramp(b * 210 + k * 14, 1, 14)] = T.Broadcast(T.uint8(0), 14)
+                    else:
+                        sb[1] = T.Cast("float32", T.Cast("float16", T.float32(1) / (T.float32(-128) / sb[0])))
+                        sc[T.ramp(0, 1, S)] = T.min(T.Cast(f"int32x{S}", T.nearbyint(
+                            T.Broadcast(T.float32(-128) / sb[0], S) * lane_slot(v, SCALE))), T.Broadcast(127, S))
+                        v[T.ramp(EFF * S, 1, S)] = T.Broadcast(sb[1], S) * T.Cast(f"float32x{S}", sc[T.ramp(0, 1, S)])
+                        for j in T.unroll(S):
+                            nat[T.ramp(j, S, S)] = T.Cast(f"int32x{S}", T.Select(
+                                lane_slot(v, EFF) == bc(0.0),
+                                T.Select(lane_slot(v, ZERO) > bc(0.0), bc(-32.0),
+                                         level(lane_slot(v, BISC), xt[T.ramp(j * S, 1, S)])),
+                                T.min(T.max(T.nearbyint(xt[T.ramp(j * S, 1, S)] / T.Select(
+                                    lane_slot(v, EFF) == bc(0.0), bc(1.0), lane_slot(v, EFF))), bc(-32.0)), bc(31.0))
+                            ) + bc(32.0))
+                        for h in T.unroll(2):
+                            o[vi, T.ramp(b * 210 + h * 64, 1, 32)] = T.Cast("uint8x32", (
+                                nat[T.ramp(h * 128, 1, 32)] & T.Broadcast(15, 32)) | T.shift_left(
+                                nat[T.ramp(h * 128 + 64, 1, 32)] & T.Broadcast(15, 32), T.Broadcast(4, 32)))
+                            o[vi, T.ramp(b * 210 + h * 64 + 32, 1, 32)] = T.Cast("uint8x32", (
+                                nat[T.ramp(h * 128 + 32, 1, 32)] & T.Broadcast(15, 32)) | T.shift_left(
+                                nat[T.ramp(h * 128 + 96, 1, 32)] & T.Broadcast(15, 32), T.Broadcast(4, 32)))
+                            o[vi, T.ramp(b * 210 + 128 + h * 32, 1, 32)] = T.Cast("uint8x32", T.shift_right(
+                                nat[T.ramp(h * 128, 1, 32)], T.Broadcast(4, 32)) | T.shift_left(T.shift_right(
+                                    nat[T.ramp(h * 128 + 32, 1, 32)], T.Broadcast(4, 32)), T.Broadcast(2, 32))
+                                | T.shift_left(T.shift_right(nat[T.ramp(h * 128 + 64, 1, 32)], T.Broadcast(4, 32)),
+                                               T.Broadcast(4, 32))
+                                | T.shift_left(T.shift_right(nat[T.ramp(h * 128 + 96, 1, 32)], T.Broadcast(4, 32)),
+                                               T.Broadcast(6, 32)))
+                        o[vi, T.ramp(b * 210 + 192, 1, S)] = T.reinterpret(f"uint8x{S}", T.Cast(
+                            f"int8x{S}", sc[T.ramp(0, 1, S)]))
+                        o[vi, b * 210 + 208] = T.Cast("uint8", T.reinterpret("uint16", T.Cast("float16", sb[1]))
+                                                      & T.uint16(255))
+                        o[vi, b * 210 + 209] = T.Cast("uint8", T.shift_right(
+                            T.reinterpret("uint16", T.Cast("float16", sb[1])), T.uint16(8)))
+                bad[vi] = hk.any_lane(fl[T.ramp(0, 1, S)], S, tirx)
+
+    return main
+
+
+BUILDERS = {Q.Q4_0: _q32, Q.Q8_0: _q32, Q.Q6_K: lambda kind, source: _q6_k(source)}
+
+
+def kernel(qtype: Q, stored: str):
+    """The compiled kernel for ``qtype`` over rows stored as ``stored`` (BF16/F16/F32), or None where it
+    cannot be had (no TVM, no C compiler to link it)."""
+    source = hk.SOURCE[stored]
+    try:
+        return hk.compiled(f"gguf-{qtype.name.lower()}-{source}", SOURCES, lambda: BUILDERS[qtype](qtype, source))
+    except Exception:  # noqa: BLE001 - the numpy path does the same work
+        return None
+
+
+def quantize(rows: np.ndarray, stored: str, qtype: Q) -> np.ndarray | None:
+    """GGUF bytes [n, row_bytes] of ``rows`` [n, k] as stored (``stored``: BF16/F16/F32; bfloat16 rows as
+    ml_dtypes or uint16 bits), or None: the type or dtype has no kernel, k is not whole blocks, the kernel
+    cannot be built here, or a row flagged itself. The caller then runs the numpy quantizer."""
+    if qtype not in BLOCK or stored not in hk.SOURCE or rows.ndim != 2 or rows.shape[1] % BLOCK[qtype]:
+        return None
+    f = kernel(qtype, stored)
+    if f is None:
+        return None
+    n, k = rows.shape
+    src = np.ascontiguousarray(rows)  # a .bin tensor may be a strided view
+    if stored == "BF16":
+        src = src.view(np.uint16)
+    out = np.empty((n, k // BLOCK[qtype] * BLOCK_BYTES[qtype]), np.uint8)
+    bad = np.empty((n,), np.int32)
+    if n:
+        f(hk.tensor(src), hk.tensor(out), hk.tensor(bad))
+    return None if bad.any() else out
