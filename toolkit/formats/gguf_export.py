@@ -7,6 +7,7 @@ row chunks (K-quants by ``gguf_kquants``, the 32-blocks by ``gguf.quants``), so 
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -52,6 +53,41 @@ def quantize(data: np.ndarray, qtype: Q) -> np.ndarray:
     if qtype in K_QUANTS:
         return gguf_kquants.quantize_rows(data.reshape(-1, data.shape[-1]), K_QUANTS[qtype])
     return gguf.quants.quantize(data, qtype)
+
+class _Writer(gguf.GGUFWriter):
+    """gguf's writer with long arrays of plain str/bytes, float or int (the vocabulary) packed in bulk: its
+    one ``struct.pack`` per item takes about 0.2 s for a 73k-token vocabulary. The bytes are the same."""
+
+    def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+        body = None
+        if vtype == gguf.GGUFValueType.ARRAY and sub_type is None and self.endianess == gguf.GGUFEndian.LITTLE:
+            body = _bulk_array(val)
+        if body is None:
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        return (struct.pack("<I", vtype) if add_vtype else b"") + body
+
+
+def _bulk_array(val) -> bytes | None:
+    """Little-endian GGUF array bytes (item type, count, items) of ``val``, or None to leave it to gguf."""
+    if not isinstance(val, list) or len(val) < 256:
+        return None
+    kinds = set(map(type, val))
+    if kinds <= {str, bytes}:
+        items = (v.encode("utf-8") if isinstance(v, str) else v for v in val)
+        body, ltype = b"".join(struct.pack("<Q", len(v)) + v for v in items), gguf.GGUFValueType.STRING
+    elif kinds == {float}:
+        arr = np.array(val, np.float64)
+        if not (np.isfinite(arr).all() and np.abs(arr).max() <= np.finfo(np.float32).max):
+            return None  # struct.pack refuses overflow; leave those to it
+        body, ltype = arr.astype("<f4").tobytes(), gguf.GGUFValueType.FLOAT32
+    elif kinds == {int}:
+        if min(val) < -(1 << 31) or max(val) >= 1 << 31:
+            return None
+        body, ltype = np.array(val, "<i8").astype("<i4").tobytes(), gguf.GGUFValueType.INT32
+    else:
+        return None
+    return struct.pack("<IQ", ltype, len(val)) + body
+
 
 # minicpm: upstream llama.cpp and guinmoon's LLMFarm (arch "minicpm", scales read from the file).
 # openbmb: OpenBMB's LLMFarm fork, whose llama.cpp bakes MiniCPM-2B's scales into arch "llama".
@@ -220,7 +256,7 @@ def export_gguf(ckpt: Checkpoint | Path | str, out_path: Path | str, weight_type
     plan = tensor_plan(c, weight_type)
     start = time.perf_counter()
     with atomic_file(out_path, force, GGUF_MAGIC, inputs=(ckpt.dir,)) as tmp:
-        w = gguf.GGUFWriter(tmp, FLAVOR_ARCH[flavor])
+        w = _Writer(tmp, FLAVOR_ARCH[flavor])
         try:
             _add_metadata(w, c, vocab, weight_type, flavor, c.name_or_path or ckpt.dir.name)
             for t in plan:

@@ -11,6 +11,7 @@ reports NaN/Inf as usual.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import gguf
@@ -225,6 +226,7 @@ def _q6_k(source: str):
 BUILDERS = {Q.Q4_0: _q32, Q.Q8_0: _q32, Q.Q6_K: lambda kind, source: _q6_k(source)}
 
 
+@functools.cache
 def kernel(qtype: Q, stored: str):
     """The compiled kernel for ``qtype`` over rows stored as ``stored`` (BF16/F16/F32), or None where it
     cannot be had (no TVM, no C compiler to link it)."""

@@ -138,7 +138,6 @@ def _runtime_loaded() -> bool:
     return False
 
 
-@functools.cache
 def compiled(name: str, sources: tuple[Path, ...], build):
     """The function ``main`` of the kernel ``build()`` makes (a PrimFunc), from the cache when it is there.
 
