@@ -4,61 +4,46 @@ The numpy version makes ~15 passes over each float32 block (casts, scale, divide
 kernel reads each row once: per group of 32, the float16 rounding of the inputs, max|x| / 7 rounded to the
 model dtype, the codes ``nearbyint(dtype(dtype(x / scale) + 7))`` clipped to 0..14 (all-zero group: scale 0,
 code 7), and the 8 codes of each word ORed together by shuffles. Rows run on TVM's thread pool
-(``TVM_NUM_THREADS``). Built once per (K, model dtype) per process (about a second); ``quantize_rows`` falls
-back to numpy when TVM is not importable.
+(``TVM_NUM_THREADS``), read zero-copy from the memory map. Built once per (stored dtype, model dtype) and
+machine, then loaded from the kernel cache (``support/host_kernel.py``); ``quantize`` returns None (numpy
+path) when TVM or a C compiler is missing.
 """
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 
+from mcpm_mobile.support import host_kernel as hk
+
 GROUP, WORD, LANES = 32, 8, 16
+SOURCE = hk.SOURCE  # safetensors dtype -> kernel input
 
 
-def _fold(v, lanes, op, tirx):
-    """Combine lanes 2i and 2i+1 (``lanes`` -> ``lanes // 2``)."""
-    return op(tirx.Shuffle([v], list(range(0, lanes, 2))), tirx.Shuffle([v], list(range(1, lanes, 2))))
-
-
-SOURCE = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # safetensors dtype -> kernel input
-
-
-@functools.cache
-def build(source: str, dtype: str):
-    """The compiled kernel ``f(w [n, k], q uint32 [n, k/8], s dtype [n, k/32], bad int32 [n])`` for any n and
-    k % 32 == 0; ``source`` is the stored dtype (bfloat16 is read as its uint16 bits). ``bad[i]`` is 1 when
-    row i holds a NaN or Inf, or a value beyond float16's range for a float16 model (its codes are then
-    meaningless: the caller sends the rows through the numpy path, which reports them)."""
-    import tvm
+def _prim_func(source: str, dtype: str):
+    """``f(w [n, k], q uint32 [n, k/8], s dtype [n, k/32], bad int32 [n])`` for any n and k % 32 == 0;
+    ``source`` is the stored dtype (bfloat16 is read as its uint16 bits). ``bad[i]`` is 1 when row i holds a
+    NaN or Inf, or a value beyond float16's range for a float16 model (its codes are then meaningless: the
+    caller sends the rows through the numpy path, which reports them)."""
     from tvm import tirx
     from tvm.script import tirx as T
 
     def load(v):
-        if source == "uint16":
-            return T.reinterpret(f"float32x{GROUP}", T.shift_left(T.Cast(f"uint32x{GROUP}", v),
-                                                                  T.Broadcast(T.uint32(16), GROUP)))
-        return T.Cast(f"float32x{GROUP}", v)
+        return hk.load_f32(v, source, GROUP, T)
 
     def nonfinite(x):
         """1 where a lane is NaN/Inf or, for a float16 model, beyond float16's range (what ``_in_range`` refuses)."""
-        exp = T.Broadcast(T.uint32(0x7F800000), GROUP)  # bit test: LLVM may fold x != x under fast-math
-        flag = (T.reinterpret(f"uint32x{GROUP}", x) & exp) == exp
+        flag = hk.not_finite(x, GROUP, T)
         if dtype == "float16":
             flag = flag | (T.fabs(x) > T.Broadcast(T.float32(65504), GROUP))
-        a, lanes = T.Cast(f"int32x{GROUP}", flag), GROUP
-        while lanes > 1:
-            a, lanes = _fold(a, lanes, lambda p, q: p | q, tirx), lanes // 2
-        return a
+        return hk.any_lane(T.Cast(f"int32x{GROUP}", flag), GROUP, tirx)
 
     def rnd(x, lanes):  # round through the model dtype, as numpy's astype(dtype).astype(float32)
         return T.Cast(f"float32x{lanes}", T.Cast(f"{dtype}x{lanes}", x)) if dtype != "float32" else x
 
     def amax(x):
-        a, lanes = T.fabs(x), GROUP
-        while lanes > 1:
-            a, lanes = _fold(a, lanes, T.max, tirx), lanes // 2
-        return a
+        return hk.fold_all(T.fabs(x), GROUP, T.max, tirx)
 
     def codes(x, d, zero):
         c = T.nearbyint(rnd(rnd(x / T.Broadcast(d, GROUP), GROUP) + T.Broadcast(T.float32(7), GROUP), GROUP))
@@ -68,19 +53,19 @@ def build(source: str, dtype: str):
     def pack(c):
         shifts = tirx.Shuffle([T.Broadcast(T.uint32(4), GROUP) * T.Cast(f"uint32x{GROUP}", T.ramp(0, 1, GROUP))],
                               [t % WORD for t in range(GROUP)])
-        bits, lanes = T.shift_left(T.Cast(f"uint32x{GROUP}", c), shifts), GROUP
-        while lanes > GROUP // WORD:
-            bits, lanes = _fold(bits, lanes, lambda a, b: a | b, tirx), lanes // 2
-        return bits
+        bits = T.shift_left(T.Cast(f"uint32x{GROUP}", c), shifts)
+        return hk.fold_all(bits, GROUP, lambda a, b: a | b, tirx, until=GROUP // WORD, bind=False)
+
+    item = np.dtype(source).itemsize
 
     @T.prim_func(private=True, s_tir=True)
     def quant(w_h: T.handle, q_h: T.handle, s_h: T.handle, bad_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         n, groups = T.int64(), T.int64()
-        w = T.match_buffer(w_h, (n, groups * GROUP), source)
-        q = T.match_buffer(q_h, (n, groups * (GROUP // WORD)), "uint32")
-        s = T.match_buffer(s_h, (n, groups), dtype)
-        bad = T.match_buffer(bad_h, (n,), "int32")
+        w = T.match_buffer(w_h, (n, groups * GROUP), source, align=item)  # rows straight from the memory map
+        q = T.match_buffer(q_h, (n, groups * (GROUP // WORD)), "uint32", align=4)
+        s = T.match_buffer(s_h, (n, groups), dtype, align=np.dtype(dtype).itemsize)
+        bad = T.match_buffer(bad_h, (n,), "int32", align=4)
         for i in T.parallel(n):
             with T.sblock("row"):
                 vi = T.axis.spatial(n, i)
@@ -97,10 +82,14 @@ def build(source: str, dtype: str):
                         rnd(load(w[vi, T.ramp(g * GROUP, 1, GROUP)]), GROUP), st[1], st[0] == T.float32(0)))
                     s[vi, g] = T.Cast(dtype, st[0])
 
-    from tvm.target import codegen
+    return quant
 
-    host = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "mtriple": codegen.llvm_get_system_triple()}
-    return tvm.compile(tvm.IRModule({"main": quant.with_attr("global_symbol", "main")}), tvm.target.Target(host))["main"]
+
+@functools.cache
+def build(source: str, dtype: str):
+    """The compiled kernel (``_prim_func``), from the per-user kernel cache when it is there."""
+    return hk.compiled(f"mlc-q4-{source}-{dtype}", (Path(__file__), Path(hk.__file__)),
+                       lambda: _prim_func(source, dtype))
 
 
 def quantize(rows: np.ndarray, stored: str, dtype: str):
@@ -109,17 +98,15 @@ def quantize(rows: np.ndarray, stored: str, dtype: str):
     if stored not in SOURCE or rows.shape[1] % GROUP:
         return None
     try:
-        import tvm
-
         f = build(SOURCE[stored], dtype)
     except Exception:  # noqa: BLE001 - no TVM / no compiler here: the numpy path does the same work
         return None
     n, k = rows.shape
-    dev = tvm.cpu()
     src = np.ascontiguousarray(rows)  # a .bin tensor may be a strided view
     src = src.view(np.uint16) if stored == "BF16" else src
-    q = tvm.runtime.empty((n, k // WORD), "uint32", dev)
-    s = tvm.runtime.empty((n, k // GROUP), dtype, dev)
-    bad = tvm.runtime.empty((n,), "int32", dev)
-    f(tvm.runtime.tensor(src, dev), q, s, bad)
-    return q.numpy(), s.numpy(), not bad.numpy().any()
+    q = np.empty((n, k // WORD), np.uint32)
+    s = np.empty((n, k // GROUP), dtype)
+    bad = np.empty((n,), np.int32)
+    if n:
+        f(hk.tensor(src), hk.tensor(q), hk.tensor(s), hk.tensor(bad))
+    return q, s, not bad.any()
