@@ -138,11 +138,20 @@ def test_warm_cache_loads_without_tvm(tmp_path):
             f"x = np.load({str(tmp_path / 'x.npy')!r}); out = g.quantize(x, 'BF16', gguf.GGMLQuantizationType.Q6_K); "
             f"np.save({str(tmp_path / 'out.npy')!r}, out); print('tvm' in sys.modules)")
     env = {**os.environ, host_kernel.CACHE_ENV: str(tmp_path / "cache")}
-    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-            for _ in range(2)]
-    assert [r.stdout.strip() for r in runs] == ["True", "False"]  # built, then loaded from the cache
-    assert len(list((tmp_path / "cache").glob("gguf-q6_k-uint16-*.so"))) == 1
-    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), reference(x, Q.Q6_K))
+
+    def run(**extra) -> str:
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), reference(x, Q.Q6_K))
+        return out
+
+    assert [run(), run()] == ["True", "False"]  # built, then loaded from the cache
+    (cached,) = (tmp_path / "cache").glob("gguf-q6_k-uint16-*.so")
+    cached.write_bytes(b"\x7fELF damaged")
+    assert run() == "True"  # an unloadable file is built anew
+    assert run() == "False"
+    assert run(**{host_kernel.CACHE_ENV: "off"}) == "True"
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cached.name]  # no temporary files left
 
 
 def _export_both_ways(src: Path, tmp_path: Path, weight_type: str, monkeypatch) -> tuple[bytes, bytes]:
