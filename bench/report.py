@@ -90,12 +90,14 @@ def targets(r: dict) -> list[tuple[str, bool | None, str]]:
                   f"{med(dec):.2f}x (rounds {min(dec):.2f}-{max(dec):.2f}), {ours:.1f} tok/s = {roof:.0%} of "
                   f"{r['read_gbs']} GB/s"))
         c = e["compile"]
-        t.append((f"8B shape compile <= 60 s and <= 1.5 GB (host)", c["seconds"] <= 60 and c["peak_rss_mb"] <= 1536,
-                  f"{c['seconds']:.1f} s, {c['peak_rss_mb']:.0f} MB"))
-        qs = [e["quantize"], e["export_gguf"]]
-        t.append((f"8B shape conversion peak RSS <= 1 GB", all(x["peak_rss_mb"] <= 1024 for x in qs),
-                  f"quantize {e['quantize']['peak_rss_mb']:.0f} MB ({e['checkpoint_gb'] / e['quantize']['seconds']:.2f}"
-                  f" GB/s), export-gguf {e['export_gguf']['peak_rss_mb']:.0f} MB"))
+        worst = max(c.values(), key=lambda x: x["seconds"]), max(c.values(), key=lambda x: x["peak_rss_mb"])
+        t.append((f"8B shape compile <= 60 s and <= 1.5 GB per target ({', '.join(c)})",
+                  worst[0]["seconds"] <= 60 and worst[1]["peak_rss_mb"] <= 1536,
+                  f"slowest {worst[0]['seconds']:.1f} s, largest {worst[1]['peak_rss_mb']:.0f} MB"))
+        convs = [k for k in ("quantize", "export_gguf", "export_onnx") if k in e]
+        t.append((f"8B shape conversion peak RSS <= 1 GB", all(e[k]["peak_rss_mb"] <= 1024 for k in convs),
+                  ", ".join(f"{k.replace('_', '-')} {e[k]['peak_rss_mb']:.0f} MB "
+                            f"({e['checkpoint_gb'] / e[k]['seconds']:.2f} GB/s)" for k in convs)))
     t.append(("GPU decode >= 50 % of copy bandwidth", None, r["gpu"]))
     return t
 
@@ -129,14 +131,17 @@ def render(r: dict) -> str:
                   "llama.cpp: n_batch 2048, n_ubatch 512 (its defaults).", ""]
     gb = r["checkpoint_gb"]
     lines += [f"### Conversion of the MiniCPM4-0.5B shape ({gb} GB bf16 safetensors)", "",
-              "| conversion | wall s | input GB/s | peak RSS |", "|---|---|---|---|"]
+              "| conversion | wall s | input GB/s | peak RSS | first run on a machine (kernels compiled, cold cache) |",
+              "|---|---|---|---|---|"]
     names = {"quantize": "mcpm-mobile quantize (q4f16_1)", "quantize_bin": "mcpm-mobile quantize from .bin (q4f16_1)", "export_gguf": "mcpm-mobile export-gguf (q4_0)",
              "export_onnx": "mcpm-mobile export-onnx (int4 MatMulNBits)",
              "llamacpp": "llama.cpp convert_hf_to_gguf (f16) + quantize (Q4_0)"}
     for k, runs in r["conversion"].items():
         secs = [x["seconds"] for x in runs]
+        c = r.get("conversion_cold", {}).get(k)
+        first = f"{c['seconds']:.2f} s, {gb / c['seconds']:.2f} GB/s, {c['peak_rss_mb']:.0f} MB" if c else "-"
         lines.append(f"| {names[k]} | {span(secs, '{:.2f}')} | {span([gb / s for s in secs], '{:.2f}')} | "
-                     f"{max(x['peak_rss_mb'] for x in runs):.0f} MB |")
+                     f"{max(x['peak_rss_mb'] for x in runs):.0f} MB | {first} |")
     lines += ["", "| compile (0.5B shape) | wall | peak RSS |", "|---|---|---|"]
     lines += [f"| {t} | {c['seconds']} s | {c['peak_rss_mb']:.0f} MB |" for t, c in r["compile"].items()]
     if "8b" in r:
@@ -149,9 +154,9 @@ def render(r: dict) -> str:
                   f"{span(point(e['host']['llamacpp'], 128, 'decode_tok_s'))} |",
                   f"| bytes read per token | {e['bytes_per_token']['ours'] / 1e9:.2f} GB | "
                   f"{e['bytes_per_token']['llamacpp'] / 1e9:.2f} GB (file) |",
-                  f"| quantize / export-gguf | {e['quantize']['seconds']} s, {e['quantize']['peak_rss_mb']:.0f} MB / "
-                  f"{e['export_gguf']['seconds']} s, {e['export_gguf']['peak_rss_mb']:.0f} MB | |",
-                  f"| compile (host) | {e['compile']['seconds']} s, {e['compile']['peak_rss_mb']:.0f} MB | |"]
+                  *(f"| {k.replace('_', '-')} | {e[k]['seconds']} s, {e[k]['peak_rss_mb']:.0f} MB | |"
+                    for k in ("quantize", "export_gguf", "export_onnx") if k in e),
+                  *(f"| compile ({t}) | {c['seconds']} s, {c['peak_rss_mb']:.0f} MB | |" for t, c in e["compile"].items())]
     lines += ["", f"GPU: {r['gpu']}.", "", "![make bench](bench/results.png)"]
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.param_map import MLCParam, param_plan, stored_shapes
 from mcpm_mobile.model.quantization import ELEMS_PER_WORD, Quantization, get_quantization
 from mcpm_mobile.model.tokenizer import copy_tokenizer_files, tokenizer_info
-from mcpm_mobile.quantize import kernel
+from mcpm_mobile.kernels import mlc_group
 from mcpm_mobile.quantize.group import quantize_rows
 from mcpm_mobile.support.atomic import atomic_dir
 from mcpm_mobile.support.jsonio import read_json
@@ -99,10 +99,10 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
     groups = quant.groups(cols)
     q_weight = np.empty((rows, groups * quant.group_size // ELEMS_PER_WORD), quant.storage_dtype)
     q_scale = np.empty((rows, groups), quant.model_dtype)
-    fast = quant.model_dtype if quant.group_size == kernel.GROUP else None
+    fast = (q_weight, q_scale) if quant.group_size == mlc_group.GROUP else None
     for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance, fast):
-        q_weight[r0:r1], q_scale[r0:r1] = block if isinstance(block, tuple) else quantize_rows(
-            _in_range(block, quant, infos), quant.model_dtype, pool)
+        if block is not None:
+            q_weight[r0:r1], q_scale[r0:r1] = quantize_rows(_in_range(block, quant, infos), quant.model_dtype, pool)
     if quant.layout == "KN" and param.kind == "linear":
         q_weight, q_scale = np.ascontiguousarray(q_weight.T), np.ascontiguousarray(q_scale.T)
     writer.add(wname, q_weight, logical_params=rows * cols)
@@ -119,23 +119,29 @@ def _in_range(block: np.ndarray, quant: Quantization, sources: list) -> np.ndarr
     return block
 
 
-def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance, quantize_to: str | None = None):
-    """Yield (row_start, row_end, block) over the row-concatenation of ``sources``: a float32 block, or, with
-    ``quantize_to``, the block's (q_weight, q_scale) straight from the stored bytes (safetensors or .bin,
-    BF16/F16/F32) through the compiled kernel (``quantize/kernel.py``); where it cannot run, and for a row
-    range it flags (NaN/Inf, or beyond float16's range for a float16 model), the block comes from
-    ``ckpt.get`` and goes through the numpy path, which reports it (``Checkpoint.get``, ``_in_range``)."""
+def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance, outputs=None):
+    """Yield (row_start, row_end, block) over the row-concatenation of ``sources``, each block a float32 array.
+
+    With ``outputs`` (q_weight, q_scale), a block the compiled kernel (``kernels/mlc_group.py``) quantizes
+    from its stored bytes (BF16/F16/F32, safetensors or .bin) straight into those arrays is yielded as None; where
+    the kernel cannot run, and for rows it flags (NaN/Inf, or beyond float16's range for a float16 model),
+    the block comes from ``ckpt.get`` for the numpy path, which reports them (``Checkpoint.get``, ``_in_range``).
+    Each block of rows is mapped on its own, so memory holds one block of the input at a time."""
     step = max(1, ROW_CHUNK_BYTES // (4 * cols))
     base = 0
     for name in sources:
         info = ckpt.tensors[name]
         n = info.shape[0]
-        raw = ckpt.format.load(info) if quantize_to else None  # memory-mapped, as stored
         for r in range(0, n, step):
             r1 = min(n, r + step)
-            done = kernel.quantize(raw[r:r1], info.dtype, quantize_to) if raw is not None else None
+            done = None
+            if outputs is not None:
+                q, s = (a[base + r:base + r1] for a in outputs)
+                raw = ckpt.format.load(info, slice(r, r1), private=True)
+                done = mlc_group.quantize(raw, info.dtype, s.dtype.name, q, s)
+                del raw
             if done is not None and done[2]:
-                yield base + r, base + r1, done[:2]
+                yield base + r, base + r1, None
             else:
                 yield base + r, base + r1, ckpt.get(name, slice(r, r1))
             advance(info.nbytes * (r1 - r) // n)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -23,20 +22,6 @@ VARIANTS = {
     "longrope_larger_gqa": dict(layers=2, hidden=64, heads=4, kv_heads=2, vocab=512, tied=False, dtype="float32",
                                 seed=5, max_position=512, rope_scaling="longrope", original_max_position=128),
 }
-
-
-@pytest.fixture(scope="session", autouse=True)
-def kernel_cache(tmp_path_factory):
-    """Compiled host kernels are cached for this test session, not in the user's cache directory."""
-    from mcpm_mobile.support.host_kernel import CACHE_ENV
-
-    old = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("kernels"))
-    yield
-    if old is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = old
 
 
 @pytest.fixture(scope="session")

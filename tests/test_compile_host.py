@@ -153,6 +153,15 @@ def test_compile_overrides_recorded(quantized_dir, tmp_path):
     assert summary["output"] == str(lib)
     meta = json.loads(str(relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())["_metadata"]()))
     assert (meta["context_window_size"], meta["prefill_chunk_size"], meta["max_batch_size"]) == (96, 24, 3)
+    # the library is there now: compiling onto it needs --force, which replaces it (it is a library)
+    r = run_cli("compile", quantized_dir("mha_tied", "q4f16_1"), "-o", lib, "--context-window", "64")
+    assert r.exit_code == 2 and "--force" in r.output
+    r = run_cli("compile", quantized_dir("mha_tied", "q4f16_1"), "-o", lib, "--context-window", "64", "--force")
+    assert r.exit_code == 0, r.output
+    fresh = tmp_path / "replaced.so"  # dlopen of the same path would return the library already loaded
+    fresh.write_bytes(lib.read_bytes())
+    meta = json.loads(str(relax.VirtualMachine(tvm.runtime.load_module(str(fresh)), tvm.cpu())["_metadata"]()))
+    assert meta["context_window_size"] == 64
 
 
 def test_batch_functions_agree_with_single_sequence(host_lib):

@@ -70,7 +70,8 @@ def test_windows():
         make_windows(list(range(6)), 8, 1, None, "t")
 
 
-@pytest.mark.parametrize("variant", ["mha_tied", "gqa_untied", "gqa_tied_f32"])
+@pytest.mark.parametrize("variant", ["mha_tied", "gqa_untied", "gqa_tied_f32", "longrope_equal_mha",
+                                     "longrope_larger_gqa"])
 def test_float_model_matches_reference(variant, tiny_dir):
     src = tiny_dir(variant)
     config, weights = read_hf_checkpoint(src)
@@ -181,6 +182,18 @@ def test_cli_table_and_json(tiny_dir, tmp_path, text_file):
     assert r.exit_code == 0 and "gguf:q8.gguf" in r.stdout and "KL p99" in r.stdout
 
 
+def test_longrope_checkpoint_against_llamacpp(tiny_dir, tmp_path, text_file):
+    """A LongRoPE checkpoint (MiniCPM4/4.1's scaling) evaluates: float32 GGUF in llama.cpp vs our float model
+    agree to float rounding, so the float model applies the same factors and amplitude."""
+    src = tiny_dir("longrope_larger_gqa")
+    gguf = export_gguf(src, tmp_path / "f32.gguf", "f32")["output"]
+    r = run_cli("eval", src, "--text", text_file, "--gguf", gguf, "--context", CONTEXT, "--windows", 2,
+                "--threads", 1, "--json")
+    assert r.exit_code == 0, r.output
+    a = json.loads(r.stdout)["artifacts"][0]
+    assert a["kl_mean"] < 1e-6 and a["top1_agreement"] == 1.0, a
+
+
 def _one_line_error(r, *parts):
     assert r.exit_code == 2, r.output
     line = r.output.strip()
@@ -209,7 +222,7 @@ def test_cli_errors(tiny_dir, tmp_path, text_file):
     _one_line_error(run_cli("eval", src, "--text", text_file, "--context", 100000), "--context", "between 8 and")
 
 
-def test_rope_scaling_refused(tiny_dir, tmp_path, text_file):
+def test_unsupported_rope_scaling_refused(tiny_dir, tmp_path, text_file):
     src = tmp_path / "ckpt"
     shutil.copytree(tiny_dir("mha_tied"), src)
     edit_json(src / "config.json", rope_scaling={"type": "linear", "factor": 2.0})

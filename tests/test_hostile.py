@@ -137,6 +137,16 @@ def test_force_replaces_only_a_gguf(ckpt, tmp_path):
     guarded(tmp_path, ["export-gguf", ckpt, "-o", target, "--force"], "will not replace")
 
 
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("name", ["notes.so", "notes.tar"])
+def test_compile_never_overwrites_a_file_that_is_not_a_library(force, name, tmp_path, quantized_dir):
+    weights = _weights(tmp_path, quantized_dir)
+    (tmp_path / name).write_text("my notes")
+    target = "android" if name.endswith(".tar") else "host"
+    guarded(tmp_path, ["compile", weights, "--target", target, "-o", tmp_path / name] + (["--force"] if force else []),
+            "will not replace" if force else "--force")
+
+
 def test_plot_refuses_devices_and_foreign_files(tmp_path):
     foreign = tmp_path / "photo.png"
     foreign.write_text("a text file")
@@ -585,3 +595,31 @@ def test_tokenizer_ids_beyond_the_vocabulary(ckpt, tmp_path):
     tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"][:300]
     safetensors_io.write(ckpt / "model.safetensors", tensors)
     guarded(tmp_path, ["quantize", ckpt, "-o", tmp_path / "out"], "outside the model's vocabulary")
+
+
+# --- 9. the commands added later: inspect, eval, build --gguf-type, --thinking -------------------------------
+def _foreign(tmp_path: Path, name: str, data: bytes) -> Path:
+    (tmp_path / name).write_bytes(data)
+    return tmp_path / name
+
+
+LATER_COMMANDS = {
+    "inspect-foreign-file": lambda ck, t: (["inspect", _foreign(t, "notes.tar", b"my notes\n")], "not a library archive"),
+    "inspect-broken-gzip": lambda ck, t: (["inspect", _foreign(t, "lib.tar", b"\x1f\x8b\x08\x00" + b"\x00" * 40)],
+                                          "not a library archive"),
+    "inspect-missing": lambda ck, t: (["inspect", t / "nothing.so"], "not found"),
+    "eval-text-shorter-than-a-window": lambda ck, t: (["eval", ck, "--text", _foreign(t, "t.txt", b"hi there")],
+                                                      "fewer than one evaluation window"),
+    "eval-foreign-gguf": lambda ck, t: (["eval", ck, "--text", Path(__file__).parents[1] / "README.md", "--gguf",
+                                         _foreign(t, "m.gguf", b"GGML" + b"\x00" * 60)], "not a GGUF file"),
+    "build-gguf-type-for-android": lambda ck, t: (["build", ck, "--target", "android", "--gguf-type", "q4_k_m",
+                                                   "-o", t / "dist"], "--gguf-type"),
+    "quantize-thinking-without-a-thinking-template": lambda ck, t: (["quantize", ck, "-o", t / "q", "--thinking"],
+                                                                    "no thinking mode"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LATER_COMMANDS))
+def test_later_commands(case, ckpt, tmp_path):
+    args, needle = LATER_COMMANDS[case](ckpt, tmp_path)
+    guarded(tmp_path, args, needle)

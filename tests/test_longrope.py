@@ -287,6 +287,11 @@ def test_android_longrope_kernels_on_pocl(quantized_dir, tmp_path):
     weights = quantized_dir("longrope_larger_gqa", "q4f32_1")
     low = lower(weights, "android")
     write_library(low, tmp_path / "lib.tar", True)
+    from mcpm_mobile.compiler import runtime_compat
+
+    formats = runtime_compat.read_formats(tmp_path / "lib.tar")  # `inspect` names the builtin LongRoPE needs
+    assert runtime_compat.QUERY_POSITIONS in formats["builtins"]
+    assert "query_positions" in {r["key"] for r in runtime_compat.compatibility(formats)["requires"]}
     src = device_sources(tmp_path / "lib.tar")
     c = Weights.read(weights).config
     inv = rope.inv_freq(c.head_dim, c.rope_theta, c.longrope).astype(np.float32)

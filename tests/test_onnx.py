@@ -164,6 +164,30 @@ def test_quantize_blocks_edge_cases():
     assert back.shape == (2, 40) and np.abs(back - w).max() <= 1 / 7 / 2 + 1e-7
 
 
+@pytest.mark.parametrize("stored", ["BF16", "F16", "F32"])
+def test_compiled_codes_equal_numpy(stored):
+    """export-onnx's compiled path (MLC's group kernel, codes + 1) against quantize_blocks, byte for byte."""
+    pytest.importorskip("tvm")
+    import ml_dtypes
+
+    from mcpm_mobile.formats.onnx_weights import quantize_stored
+
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((33, 160)) * 0.04).astype(np.float32)
+    w[2, :32] = 0
+    w[4, 32:64] = np.arange(32) / 2  # .5 ties
+    w[6, :32] = 1e-30
+    rows = {"BF16": w.astype(ml_dtypes.bfloat16), "F16": w.astype(np.float16), "F32": w}[stored]
+    codes, scales = quantize_stored(rows, stored, 32)
+    ref_codes, ref_scales = quantize_blocks(rows.astype(np.float32), 32)
+    assert codes.dtype == np.uint8 and codes.shape == ref_codes.shape == (33, 5, 16)
+    assert np.array_equal(codes, ref_codes) and np.array_equal(scales, ref_scales)
+    assert quantize_stored(rows, stored, 16) is None  # other blocks: numpy
+    bad = rows.copy()
+    bad[3, 7] = np.nan
+    assert quantize_stored(bad, stored, 32) is None  # numpy reports it
+
+
 @pytest.mark.parametrize("variant,block", [("mha_tied", 32), ("gqa_untied", 32), ("gqa_tied_f32", 16),
                                            ("mha_untied_sharded", 64)])
 def test_onnxruntime_matches_numpy_reference(variant, block, onnx_dir, tiny_dir):

@@ -51,6 +51,13 @@ def test_layout_values_dtypes_and_views():
     assert t["f32"].nbytes == 48 * 4 and t["f32_rows_2_to_4"].nbytes == 16 * 4
     with pytest.raises(ValueError):  # memory-mapped read-only: the checkpoint cannot be modified through a view
         load("f32")[0, 0] = 1
+    for name, full in (("f32", base), ("f32_rows_2_to_4", base[2:4]), ("f32_transposed", base.T)):
+        for rows in (slice(0, 1), slice(1, 2), slice(1, None), slice(0, 0)):  # only those rows' bytes are mapped
+            part = pytorch_bin.load(t[name], rows, private=True)
+            np.testing.assert_array_equal(part, full[rows])
+            if part.size:
+                part[...] = -1  # copy-on-write: the file is untouched
+    np.testing.assert_array_equal(load("f32"), base)
 
 
 def test_malicious_pickle_is_refused_without_running_it(capfd):

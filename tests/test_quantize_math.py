@@ -96,11 +96,11 @@ def test_independent_dequantizer():
 @pytest.mark.parametrize("stored", ["BF16", "F16", "F32"])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_compiled_quantizer_is_bit_exact(stored, dtype):
-    """quantize/kernel.py (what `quantize` runs) against the numpy quantizer: zero groups, ties, big values."""
+    """toolkit/kernels/mlc_group.py (what `quantize` runs) against the numpy quantizer: zero groups, ties, big values."""
     pytest.importorskip("tvm")
     import ml_dtypes
 
-    from mcpm_mobile.quantize import kernel
+    from mcpm_mobile.kernels import mlc_group as kernel
 
     rng = np.random.default_rng(7)
     w = (rng.standard_normal((97, 320)) * 0.05).astype(np.float32)
@@ -120,3 +120,25 @@ def test_compiled_quantizer_is_bit_exact(stored, dtype):
         big = stored_arr.copy()
         big[50, 100] = 7e4
         assert kernel.quantize(big, stored, dtype)[2] == (dtype == "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_compiled_quantizer_reads_and_writes_unaligned_buffers(dtype):
+    """Rows come straight from a memory map (any byte offset) and results go into slices of the caller's
+    arrays: the kernel must not assume TVM's 64-byte alignment (an aligned vector load would fault)."""
+    pytest.importorskip("tvm")
+    import ml_dtypes
+
+    from mcpm_mobile.kernels import mlc_group
+
+    w = (np.random.default_rng(11).standard_normal((24, 256)) * 0.05).astype(ml_dtypes.bfloat16)
+    ref_q, ref_s = quantize_rows(w.astype(np.float32), dtype)
+    for off in range(0, 64, 2):
+        buf = np.empty(w.nbytes + 64, np.uint8)
+        rows = buf[off:off + w.nbytes].view(ml_dtypes.bfloat16).reshape(w.shape)
+        rows[...] = w
+        qbuf = np.empty(ref_q.nbytes + 64, np.uint8)
+        q = qbuf[off * 2 % 64 + 4:][:ref_q.nbytes].view(np.uint32).reshape(ref_q.shape)
+        s = np.empty(ref_s.shape, dtype)
+        _, _, finite = mlc_group.quantize(rows, "BF16", dtype, q, s)
+        assert finite and np.array_equal(q, ref_q) and np.array_equal(s, ref_s), off

@@ -39,7 +39,7 @@ def test_android_library_formats(libs):
     c = runtime_compat.compatibility(f)
     assert "141c22fd" in c["oldest_tvm"] and "v0.24.0" in c["oldest_tvm"]
     assert c["oldest_mlc_llm"].startswith("mlc-llm 46a1d117")
-    assert {r["key"] for r in c["requires"]} == set(runtime_compat.FEATURES) - {"kv_config_6"}
+    assert {r["key"] for r in c["requires"]} == set(runtime_compat.FEATURES) - {"kv_config_6", "query_positions"}
 
 
 def test_host_library_matches_what_the_tvm_runtime_loads(libs):
@@ -66,6 +66,9 @@ def test_compatibility_follows_the_formats(libs):
     assert c["oldest_mlc_llm"].startswith("none up to mlc-llm 79d603f0")
     c = runtime_compat.compatibility(dict(f, attention_backends=["tir"]))
     assert "8e402113" in c["oldest_tvm"]
+    # LongRoPE libraries also read query positions: an older builtin, the bound stays where it was
+    c = runtime_compat.compatibility(dict(f, builtins=f["builtins"] + [runtime_compat.QUERY_POSITIONS]))
+    assert "query_positions" in {r["key"] for r in c["requires"]} and "141c22fd" in c["oldest_tvm"]
 
 
 def test_parser_follows_the_header(libs, tmp_path):

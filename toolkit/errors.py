@@ -37,5 +37,6 @@ class MCPMError(click.ClickException):
 
 
 def fail(path, reason: str, exit_code: int | None = None) -> "MCPMError":
-    """Build the standard '<path>: <reason>' error (``reason`` may name parameters as ``$name``)."""
-    return MCPMError(reason, exit_code, where=str(path))
+    """Build the standard '<path>: <reason>' error (``reason`` may name parameters as ``$name``), on one line
+    even when ``reason`` quotes a multi-line message from a library."""
+    return MCPMError(" ".join(reason.split()), exit_code, where=str(path))

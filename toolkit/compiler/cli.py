@@ -21,9 +21,10 @@ TARGET_HELP = ", ".join(f"'{t.name}' ({t.description}, {t.suffixes[0]})" for t i
               help="Symbol prefix of a .tar system library (default: <model_type>_<quantization>_<hash>_); "
                    "the app loads it as system://<prefix without the trailing _>.")
 @click.option("--cuda-arch", help="CUDA architecture for --target cuda (default: sm_90, H100).")
+@click.option("--force", is_flag=True, help="Replace an existing library (.so / .tar) at the output path.")
 @output_options
 def compile_cmd(weights_dir, target, out_path, context_window, prefill_chunk, max_batch_size, system_lib_prefix,
-                cuda_arch, output):
+                cuda_arch, force, output):
     """Compile the model of WEIGHTS_DIR (from `mcpm-mobile quantize`) into a model library."""
     from mcpm_mobile.compiler.compile import compile_model
     from mcpm_mobile.formats.weights import Weights
@@ -31,7 +32,7 @@ def compile_cmd(weights_dir, target, out_path, context_window, prefill_chunk, ma
 
     weights = Weights.read(weights_dir)
     lib = compile_model(weights, target, out_path, context_window, prefill_chunk, max_batch_size, output,
-                        system_lib_prefix=system_lib_prefix, cuda_arch=cuda_arch)
+                        system_lib_prefix=system_lib_prefix, cuda_arch=cuda_arch, force=force)
     if weights.is_test_checkpoint:
         output.info(TEST_CHECKPOINT_NOTICE)
     m = lib.metadata

@@ -10,7 +10,7 @@ from pathlib import Path
 from mcpm_mobile.compiler.library import ModelLibrary, check_system_lib_prefix, model_lib_name
 from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.formats.weights import LIBRARY_CONFIG_KEYS, Weights
-from mcpm_mobile.support.atomic import atomic_file
+from mcpm_mobile.support.atomic import ELF, TAR, atomic_file, check_output_file
 from mcpm_mobile.support.output import Output
 from mcpm_mobile.target import Target, custom_target, get_target
 
@@ -170,8 +170,9 @@ def library_kind(target: Target, out_path: Path) -> bool:
     return out_path.suffix == ".tar" if target.system_lib is None else target.system_lib
 
 
-def write_library(low: Lowered, out_path: Path, system_lib: bool, output: Output = Output()) -> dict:
-    """Generate code for a lowered model and write it atomically to ``out_path`` (.so or system-lib .tar)."""
+def write_library(low: Lowered, out_path: Path, system_lib: bool, output: Output = Output(), force: bool = False) -> dict:
+    """Generate code for a lowered model and write it atomically to ``out_path`` (.so or system-lib .tar);
+    an existing file there is replaced only with ``force`` and only when it is a library of that kind."""
     import tvm
     from tvm import relax
 
@@ -185,7 +186,7 @@ def write_library(low: Lowered, out_path: Path, system_lib: bool, output: Output
     times["build_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     with output.stage(f"{'Archiving' if system_lib else 'Linking'} {out_path.name}"):
-        with atomic_file(out_path) as tmp:
+        with atomic_file(out_path, force, TAR if system_lib else ELF) as tmp:
             lib_tmp = tmp.with_name(tmp.name + out_path.suffix)
             try:
                 ex.export_library(str(lib_tmp))
@@ -199,12 +200,13 @@ def write_library(low: Lowered, out_path: Path, system_lib: bool, output: Output
 def compile_model(weights: Weights | Path | str, target: Target | str = "host", out_path: Path | str | None = None,
                   context_window: int | None = None, prefill_chunk: int | None = None,
                   max_batch_size: int | None = None, output: Output = Output(), *,
-                  system_lib_prefix: str | None = None, cuda_arch: str | None = None) -> ModelLibrary:
+                  system_lib_prefix: str | None = None, cuda_arch: str | None = None, force: bool = False) -> ModelLibrary:
     """Compile the model that ``weights`` describe into a model library for ``target``.
 
     Static system libraries (``.tar``; the phone targets) are registered under ``system_lib_prefix``
     (default: :func:`model_lib_name` plus ``_``); the app loads them as ``system://<prefix without
     the last _>``. No tensors are read: only the configs (the 2B shape compiles without weights on disk).
+    An existing ``out_path`` is replaced only with ``force``, and only when it is a library (ELF / tar).
     """
     weights = Weights.of(weights)
     target = parse_target(target)
@@ -216,6 +218,7 @@ def compile_model(weights: Weights | Path | str, target: Target | str = "host", 
                                                    f"-{target.name}")
     out_path = Path(out_path)
     system_lib = library_kind(target, out_path)
+    check_output_file(out_path, force, TAR if system_lib else ELF)  # before minutes of compiling
     if system_lib_prefix is not None and not system_lib:
         raise MCPMError("$system_lib_prefix applies to static system libraries (.tar) only")
     if system_lib:
@@ -224,7 +227,7 @@ def compile_model(weights: Weights | Path | str, target: Target | str = "host", 
     low = lower(weights, target, context_window=ctx, prefill_chunk=chunk, max_batch_size=batch,
                 system_lib_prefix=system_lib_prefix, cuda_arch=cuda_arch, output=output)
     times = dict(low.seconds)
-    times.update(write_library(low, out_path, system_lib, output))
+    times.update(write_library(low, out_path, system_lib, output, force))
     times["total_s"] = sum(times.values())
     return ModelLibrary(out_path, low.metadata, target, system_lib_prefix if system_lib else None,
                         {k: round(v, 2) for k, v in times.items()})

@@ -12,6 +12,7 @@ import json
 import re
 import struct
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,8 +80,10 @@ def tar_members(tar_path: Path) -> list[tuple[str, bytes]]:
     try:
         with tarfile.open(tar_path) as tf:
             return [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()]
-    except (OSError, tarfile.TarError, gzip.BadGzipFile) as e:
-        raise fail(tar_path, f"not a readable library archive: {e}")
+    except OSError as e:
+        raise fail(tar_path, f"cannot read: {e.strerror or e}")
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error):
+        raise fail(tar_path, "not a library archive (TVM writes a tar, gzip-compressed or not)")
 
 
 def embedded_metadata(lib_path: Path) -> dict:

@@ -33,7 +33,13 @@ class Feature:
     check: str  # what to look for in the app's TVM source tree (mlc-llm: 3rdparty/tvm)
 
 
+QUERY_POSITIONS = "vm.builtin.attention_kv_cache_get_query_positions"
+
 FEATURES = {f.key: f for f in [
+    Feature("query_positions", f"in-sequence query positions for LongRoPE ({QUERY_POSITIONS}; "
+            "called vm.builtin.paged_attention_kv_cache_get_query_positions before)",
+            "3ef478b4 (#16568)", "2024-02-21", "v0.16.0", "5a1bd3c1 (#2857, 2024-08-28) at the latest", "v0.17.1",
+            f'grep -n "{QUERY_POSITIONS.removeprefix("vm.builtin.")}" src/runtime/vm/kv_state.cc'),
     Feature("tensor_cache", "weights indexed by tensor-cache.json (was ndarray-cache.json)",
             "3c36ce2e (#18275)", "2025-09-06", "v0.22.0", "91d95f9d (#3326, 2025-09-07)", "v0.20.0",
             'grep -n "tensor-cache.json" src/runtime/vm/tensor_cache_support.cc'),
@@ -101,6 +107,8 @@ def _kv_config_entries(exe: vm_exec.VMExecutable) -> int | None:
 
 def required_features(formats: dict) -> list[Feature]:
     found = [FEATURES["tensor_cache"]]
+    if QUERY_POSITIONS in formats["builtins"]:
+        found.append(FEATURES["query_positions"])
     if formats["ffi_exports"] or formats["system_lib"]:
         found.append(FEATURES["ffi_symbols"])
     if "TVMFFIHandleInitOnce" in formats["ffi_imports"]:

@@ -2,14 +2,15 @@
 
 Every window goes through one layer before the next, so each layer's weights are read and widened to
 float32 once per evaluation and memory stays at one layer plus the activations, also for a 2B checkpoint.
-Hugging Face semantics (``modeling_minicpm.py``): rotate-half RoPE on the unpermuted q/k rows, muP scalings
-(``scale_emb``, ``scale_depth / sqrt(layers)``, logits divided by ``hidden_size / dim_model_base``).
+Hugging Face semantics (``modeling_minicpm.py``): rotate-half RoPE on the unpermuted q/k rows (LongRoPE's
+factors and amplitude from ``model/rope.py``, as MiniCPM4/4.1 declare them), muP scalings (``scale_emb``,
+``scale_depth / sqrt(layers)``, logits divided by ``hidden_size / dim_model_base``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from mcpm_mobile.errors import fail
+from mcpm_mobile.model import rope
 from mcpm_mobile.model.checkpoint import Checkpoint
 
 F32 = np.float32
@@ -20,11 +21,7 @@ class FloatModel:
     label = "float"
 
     def __init__(self, ckpt: Checkpoint):
-        c = ckpt.config
-        if c.extra.get("rope_scaling") or getattr(c, "rope_scaling", None):
-            raise fail(ckpt.dir / "config.json", "eval's float model implements plain RoPE only; "
-                                                 "this checkpoint has rope_scaling")
-        self.ckpt, self.c = ckpt, c
+        self.ckpt, self.c = ckpt, ckpt.config
         self.kind = f"{ckpt.tensors['model.embed_tokens.weight'].dtype.lower()} checkpoint, float32 numpy"
 
     def _embed(self, windows: np.ndarray) -> np.ndarray:
@@ -48,9 +45,7 @@ class FloatModel:
         n, T = windows.shape
         nh, nkv, hd, H = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size
         res = F32(c.residual_scale)
-        inv = 1.0 / (c.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
-        ang = np.outer(np.arange(T, dtype=np.float64), inv)
-        cos, sin = (np.concatenate([f(ang), f(ang)], -1).astype(F32) for f in (np.cos, np.sin))
+        cos, sin = (np.concatenate([f, f], -1).astype(F32) for f in rope.cos_sin(T, hd, c.rope_theta, c.longrope))
         mask = np.triu(np.full((T, T), -np.inf, F32), k=1)
         x = self._embed(windows) * F32(c.scale_emb)  # [n, T, H]
         for i in range(c.num_hidden_layers):

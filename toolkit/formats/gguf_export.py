@@ -17,9 +17,10 @@ import gguf
 import numpy as np
 
 from mcpm_mobile.errors import MCPMError, fail
-from mcpm_mobile.formats import gguf_kernels, gguf_kquants
+from mcpm_mobile.formats import gguf_kquants
 from mcpm_mobile.formats.gguf_mixture import FILE_TYPES, tensor_type
 from mcpm_mobile.formats.gguf_vocab import Vocab, read_vocab
+from mcpm_mobile.kernels import gguf_blocks
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.param_map import hf_shapes
@@ -291,17 +292,18 @@ def export_gguf(ckpt: Checkpoint | Path | str, out_path: Path | str, weight_type
 def _write_tensor(ckpt: Checkpoint, t: PlannedTensor, fout, advance):
     """Convert ``t`` and append it to ``fout``; yields the number of bytes written per chunk.
 
-    Q4_0/Q8_0/Q6_K rows go through the compiled kernels (``gguf_kernels``) straight from the stored bytes;
-    where a kernel cannot run or flags a chunk, that chunk takes the numpy path (which reports NaN/Inf)."""
+    Q4_0/Q8_0/Q6_K rows go through the compiled kernels (``kernels/gguf_blocks.py``) straight from the stored
+    bytes (a private map of each chunk's rows); where a kernel cannot run or flags a chunk, that chunk takes the
+    numpy path (which reports NaN/Inf)."""
     if t.values is not None:
         data = np.array(t.values, np.float32)
         data.tofile(fout)
         yield data.nbytes
         return
     info = ckpt.tensors[t.source]
-    fast = t.qtype in gguf_kernels.BLOCK
+    fast = t.qtype in gguf_blocks.BLOCK
     if t.rope_heads:  # a row permutation across the whole matrix: convert it in one piece
-        data = gguf_kernels.quantize(llama_permute(ckpt.format.load(info), t.rope_heads), info.dtype, t.qtype) \
+        data = gguf_blocks.quantize(llama_permute(ckpt.format.load(info), t.rope_heads), info.dtype, t.qtype) \
             if fast else None
         if data is None:
             data = quantize(llama_permute(ckpt.get(t.source), t.rope_heads), t.qtype)
@@ -311,10 +313,10 @@ def _write_tensor(ckpt: Checkpoint, t: PlannedTensor, fout, advance):
         return
     rows = t.shape[0]
     step = max(1, ROW_CHUNK_BYTES // (4 * math.prod(t.shape[1:]))) if len(t.shape) > 1 else rows
-    raw = ckpt.format.load(info) if fast else None  # memory-mapped, as stored
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        data = gguf_kernels.quantize(raw[r0:r1], info.dtype, t.qtype) if raw is not None else None
+        data = gguf_blocks.quantize(ckpt.format.load(info, slice(r0, r1), private=True), info.dtype, t.qtype) \
+            if fast else None
         if data is None:
             data = quantize(ckpt.get(t.source, slice(r0, r1)), t.qtype)
         data.tofile(fout)

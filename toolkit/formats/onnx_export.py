@@ -42,7 +42,7 @@ from onnx import TensorProto, helper
 
 from mcpm_mobile.errors import MCPMError, fail
 from mcpm_mobile.formats import chat_config, genai_config
-from mcpm_mobile.formats.onnx_weights import BLOCK_SIZES, ExternalData, quantize_blocks
+from mcpm_mobile.formats.onnx_weights import BLOCK_SIZES, ExternalData, quantize_blocks, quantize_stored
 from mcpm_mobile.model import chat_format, rope
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
@@ -103,15 +103,18 @@ class Exporter:
         self.block, self.accuracy_level, self.context, self.advance = block, accuracy_level, context, advance
 
     # --- weights -------------------------------------------------------------------------------
-    def row_blocks(self, sources: tuple[str, ...]):
-        """float32 row blocks over the row-concatenation of ``sources``."""
+    def quantized_rows(self, sources: tuple[str, ...]):
+        """(codes, scales) of row blocks over the row-concatenation of ``sources``: from the stored bytes by the
+        compiled kernel where it can (``quantize_stored``), else from float32 rows in numpy (which also
+        reports NaN/Inf through ``Checkpoint.get``). Each block of rows is mapped on its own."""
         for name in sources:
             info = self.ckpt.tensors[name]
             n, k = info.shape
             step = max(1, ROW_CHUNK_BYTES // (4 * k))
             for r in range(0, n, step):
                 r1 = min(n, r + step)
-                yield self.ckpt.get(name, slice(r, r1))
+                done = quantize_stored(self.ckpt.format.load(info, slice(r, r1), private=True), info.dtype, self.block)
+                yield done or quantize_blocks(self.ckpt.get(name, slice(r, r1)), self.block)
                 self.advance(info.nbytes * (r1 - r) // n)
 
     def quantized(self, name: str, sources: tuple[str, ...]) -> tuple[str, np.ndarray, int, int]:
@@ -123,8 +126,7 @@ class Exporter:
         scale_parts = []
 
         def codes():
-            for rows in self.row_blocks(sources):
-                b, s = quantize_blocks(rows, self.block)
+            for b, s in self.quantized_rows(sources):
                 scale_parts.append(s)
                 yield b
 

@@ -12,11 +12,13 @@ zero-point tensor is needed. Codes are packed two per byte, lower index in the l
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto
 
+from mcpm_mobile.kernels import mlc_group
 from mcpm_mobile.model.quantization import MAX_INT, num_groups
 
 ZERO_POINT = 8
@@ -40,6 +42,21 @@ def quantize_blocks(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     q = np.clip(np.round(g / safe[:, :, None] + np.float32(MAX_INT)), 0, 2 * MAX_INT)
     q = np.where(scale[:, :, None] == 0, MAX_INT, q).astype(np.uint8) + np.uint8(ZERO_POINT - MAX_INT)
     return (q[:, :, 0::2] | (q[:, :, 1::2] << 4)).astype(np.uint8), scale.astype(np.float32)
+
+
+def quantize_stored(rows: np.ndarray, stored: str, block: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`quantize_blocks` of ``rows`` as stored on disk (BF16/F16/F32 name), by MLC's compiled group
+    kernel: for ``block`` 32 the float32 math is the same, and its packed words, read as little-endian bytes,
+    are the codes in this layout less 1. None when the kernel cannot run or flags a row (NaN/Inf)."""
+    if block != mlc_group.GROUP or sys.byteorder != "little":
+        return None
+    done = mlc_group.quantize(rows, stored, "float32")
+    if done is None or not done[2]:
+        return None
+    q, scales, _ = done
+    b = q.view(np.uint8).reshape(q.shape[0], -1, block // 2)
+    b += np.uint8(0x11)  # MLC's codes 0..14 -> 1..15 in both nibbles of every byte (no carry)
+    return b, scales
 
 
 def unpack_codes(b: np.ndarray) -> np.ndarray:

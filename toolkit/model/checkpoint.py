@@ -86,10 +86,7 @@ class Checkpoint:
     def get(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Tensor ``name`` (optionally a row range) as float32, checked for NaN/Inf."""
         info = self.tensors[name]
-        view = self.format.load(info)
-        if rows is not None:
-            view = view[rows]
-        arr = view.astype(np.float32)
+        arr = self.format.load(info, rows).astype(np.float32)
         if not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).sum())
             raise fail(info.file, f"tensor '{name}' contains {bad} NaN/Inf values")

@@ -197,16 +197,24 @@ def _check_extent(path: Path, name: str, t: _Tensor) -> None:
                          f"reaches past its storage of {t.storage.numel} elements")
 
 
-def load(info: TensorInfo) -> np.ndarray:
-    """A read-only memory-mapped view of one tensor (no copy; strided when the tensor is a view)."""
+def load(info: TensorInfo, rows: slice | None = None, private: bool = False) -> np.ndarray:
+    """A memory-mapped view of one tensor or of its ``rows`` (step 1), no copy; strided when the tensor is a
+    view. Only the storage bytes the view spans are mapped. Read-only; ``private``: copy-on-write (writable in
+    memory, never reaching the file)."""
     dtype = DTYPES[info.dtype]
-    if int(np.prod(info.shape, dtype=np.int64)) == 0:
-        return np.zeros(info.shape, dtype)
-    mm = np.memmap(info.file, dtype=np.uint8, mode="r", offset=info.storage_begin,
-                   shape=(info.storage_numel * dtype.itemsize,))
-    storage = mm.view(dtype)
+    shape, first = info.shape, info.offset
+    if rows is not None:
+        r0, r1, _ = rows.indices(shape[0])
+        shape = (max(0, r1 - r0), *shape[1:])
+        first += r0 * info.strides[0]
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        return np.zeros(shape, dtype)
+    span = 1 + sum((n - 1) * st for n, st in zip(shape, info.strides))  # elements from the first to the last
+    mm = np.memmap(info.file, dtype=np.uint8, mode="c" if private else "r",
+                   offset=info.storage_begin + first * dtype.itemsize, shape=(span * dtype.itemsize,))
     strides = tuple(s * dtype.itemsize for s in info.strides)
-    return np.lib.stride_tricks.as_strided(storage[info.offset:], info.shape, strides, writeable=False)
+    view = np.lib.stride_tricks.as_strided(mm.view(dtype), shape, strides, writeable=private)
+    return view
 
 
 def fingerprint(h: "hashlib._Hash", path: Path) -> None:

@@ -89,13 +89,21 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def load(info: TensorInfo) -> np.ndarray:
-    """A read-only memory-mapped view of one tensor (no copy)."""
+def load(info: TensorInfo, rows: slice | None = None, private: bool = False) -> np.ndarray:
+    """A memory-mapped view of one tensor or of its ``rows`` (step 1; only those bytes are mapped), no copy.
+    Read-only; ``private``: a copy-on-write map, writable in memory without ever reaching the file (what
+    DLPack needs to hand it to a kernel)."""
     dtype = DTYPES[info.dtype]
-    if math.prod(info.shape) == 0:
-        return np.zeros(info.shape, dtype)
-    mm = np.memmap(info.file, dtype=np.uint8, mode="r", offset=info.begin, shape=(info.nbytes,))
-    return mm.view(dtype).reshape(info.shape)
+    shape, begin = info.shape, info.begin
+    if rows is not None:
+        r0, r1, _ = rows.indices(shape[0])
+        shape = (max(0, r1 - r0), *shape[1:])
+        begin += r0 * math.prod(info.shape[1:]) * dtype.itemsize
+    if math.prod(shape) == 0:
+        return np.zeros(shape, dtype)
+    mm = np.memmap(info.file, dtype=np.uint8, mode="c" if private else "r", offset=begin,
+                   shape=(math.prod(shape) * dtype.itemsize,))
+    return mm.view(dtype).reshape(shape)
 
 
 def write(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:

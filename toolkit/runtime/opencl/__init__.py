@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from mcpm_mobile.errors import MCPMError
+from mcpm_mobile.support.cache import cache_dir
 
 SOURCE = Path(__file__).with_name("tvm_opencl.cc")
 LIBRARY = "libmcpm_tvm_opencl.so"
@@ -32,12 +33,6 @@ def _wheel_paths() -> tuple[Path, Path]:
     return Path(tvm.__file__).parent, Path(tvm_ffi.__file__).parent
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("MCPM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mcpm-mobile")
-    return Path(root) / "opencl"
-
-
 def build(out_dir: Path | None = None) -> Path:
     """Compile the device library (a few seconds) unless an identical build exists; its path."""
     import tvm
@@ -45,7 +40,7 @@ def build(out_dir: Path | None = None) -> Path:
 
     tvm_dir, ffi_dir = _wheel_paths()
     key = hashlib.sha256(SOURCE.read_bytes() + f"{tvm.__version__} {tvm_ffi.__version__}".encode()).hexdigest()[:16]
-    target = Path(out_dir or cache_dir()) / key / LIBRARY
+    target = Path(out_dir or cache_dir("opencl")) / key / LIBRARY
     if target.is_file():
         return target
     cxx = shutil.which(os.environ.get("CXX", "g++"))

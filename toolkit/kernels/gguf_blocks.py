@@ -2,7 +2,7 @@
 
 Q4_0 and Q8_0 follow ``gguf.quants`` (gguf-py's ``Q4_0.quantize_blocks``/``Q8_0.quantize_blocks``), Q6_K our
 ``gguf_kquants.quantize_q6_k`` (ggml's ``quantize_row_q6_K_ref``): float32 throughout, products rounded before
-they are added (``host_kernel.no_fma``), sums in the same order (vectorized across Q6_K's 16 sub-blocks, never
+they are added (``tir.no_fma``), sums in the same order (vectorized across Q6_K's 16 sub-blocks, never
 along a sum). Each kernel reads the rows as stored (bfloat16 as its uint16 bits, float16, float32, straight from
 the memory map), one row per task on TVM's thread pool, and writes the GGUF bytes of the row. A row it cannot
 match flags itself (NaN/Inf; a Q4_0/Q8_0 block whose 1/d overflows; Q6_K values of 2**24 or more, whose
@@ -17,7 +17,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from mcpm_mobile.support import host_kernel as hk
+from mcpm_mobile.kernels import tir
+from mcpm_mobile.support.cache import cached_kernel
 
 Q = gguf.GGMLQuantizationType
 BLOCK = {Q.Q4_0: 32, Q.Q8_0: 32, Q.Q6_K: 256}
@@ -26,7 +27,6 @@ Q6_K_LIMIT = float(1 << 24)  # |x| from here on: x**3 * 32**2 may overflow float
 GROUP_MAX_EPS = 1e-15  # gguf_kquants.GROUP_MAX_EPS
 # fit_symmetric's trial scales: -(32 + 0.1 k) in float32, k = 0 first, then -9..9 without 0
 TRIALS = [float(-(np.float32(32) + np.float32(0.1) * np.float32(k))) for k in [0, *range(-9, 0), *range(1, 10)]]
-SOURCES = (Path(__file__), Path(hk.__file__))
 
 
 def _q32(kind: Q, source: str):
@@ -38,17 +38,17 @@ def _q32(kind: Q, source: str):
     item = np.dtype(source).itemsize
 
     def x_of(w, vi, g):
-        return hk.load_f32(w[vi, T.ramp(g * L, 1, L)], source, L, T)
+        return tir.load_f32(w[vi, T.ramp(g * L, 1, L)], source, L, T)
 
     def scale(x):
         if kind == Q.Q4_0:  # d = the first largest-magnitude value / -8
-            return hk.first_abs_max(x, L, T, tirx) / T.float32(-8)
-        return hk.fold_all(T.fabs(x), L, T.max, tirx) / T.float32(127)
+            return tir.first_abs_max(x, L, T, tirx) / T.float32(-8)
+        return tir.fold_all(T.fabs(x), L, T.max, tirx, bind=True) / T.float32(127)
 
     def codes(x, inv):
         v = x * T.Broadcast(inv, L)
         if kind == Q.Q4_0:  # trunc(x * id + 8.5) clipped to 15, low nibbles from the first 16
-            c = T.Cast(f"uint8x{L}", T.min(T.trunc(hk.no_fma(v, L, T) + T.Broadcast(T.float32(8.5), L)),
+            c = T.Cast(f"uint8x{L}", T.min(T.trunc(tir.no_fma(v, L, T) + T.Broadcast(T.float32(8.5), L)),
                                            T.Broadcast(T.float32(15), L)))
             lo, hi = tirx.Shuffle([c], list(range(16))), tirx.Shuffle([c], list(range(16, 32)))
             return lo | T.shift_left(hi, T.Broadcast(T.uint8(4), 16))
@@ -75,12 +75,13 @@ def _q32(kind: Q, source: str):
                 for g in range(k // L):
                     st[0] = scale(x_of(w, vi, g))
                     st[1] = T.if_then_else(st[0] == T.float32(0), T.float32(0), T.float32(1) / st[0])
-                    fl[T.ramp(0, 1, L)] = fl[T.ramp(0, 1, L)] | T.Cast(f"int32x{L}", hk.not_finite(x_of(w, vi, g), L, T)) | T.Broadcast(T.Cast("int32", hk.not_finite(st[1], 1, T)), L)
+                    fl[T.ramp(0, 1, L)] = fl[T.ramp(0, 1, L)] | T.Cast(f"int32x{L}", tir.not_finite(x_of(w, vi, g), L, T)) \
+                        | T.Broadcast(T.Cast("int32", tir.not_finite(st[1], 1, T)), L)  # 1/d overflowed
                     o[vi, T.ramp(g * size + 2, 1, size - 2)] = codes(x_of(w, vi, g), st[1])
                     bits = T.reinterpret("uint16", T.Cast("float16", st[0]))
                     o[vi, g * size] = T.Cast("uint8", bits & T.uint16(255))
                     o[vi, g * size + 1] = T.Cast("uint8", T.shift_right(bits, T.uint16(8)))
-                bad[vi] = hk.any_lane(fl[T.ramp(0, 1, L)], L, tirx)
+                bad[vi] = tir.any_lane(fl[T.ramp(0, 1, L)], L, tirx)
 
     return main
 
@@ -136,10 +137,10 @@ def _q6_k(source: str):
                 fl[T.ramp(0, 1, S)] = T.Broadcast(0, S)
                 for b in range(k // 256):
                     for j in T.unroll(S):
-                        xt[T.ramp(j * S, 1, S)] = hk.load_f32(w[vi, T.ramp(b * 256 + j, S, S)], source, S, T)
+                        xt[T.ramp(j * S, 1, S)] = tir.load_f32(w[vi, T.ramp(b * 256 + j, S, S)], source, S, T)
                         wt[T.ramp(j * S, 1, S)] = xt[T.ramp(j * S, 1, S)] * xt[T.ramp(j * S, 1, S)]
                         wxt[T.ramp(j * S, 1, S)] = wt[T.ramp(j * S, 1, S)] * xt[T.ramp(j * S, 1, S)]
-                        fl[T.ramp(0, 1, S)] = fl[T.ramp(0, 1, S)] | T.Cast(f"int32x{S}", hk.not_finite(
+                        fl[T.ramp(0, 1, S)] = fl[T.ramp(0, 1, S)] | T.Cast(f"int32x{S}", tir.not_finite(
                             xt[T.ramp(j * S, 1, S)], S, T) | (T.fabs(xt[T.ramp(j * S, 1, S)]) >= bc(Q6_K_LIMIT)))
                     # fit_symmetric: the first largest-magnitude value of each sub-block
                     v[T.ramp(PEAK * S, 1, S)] = xt[T.ramp(0, 1, S)]
@@ -150,15 +151,15 @@ def _q6_k(source: str):
                     v[T.ramp(PEAK * S, 1, S)] = T.Select(lane_slot(v, ZERO) > bc(0.0), bc(1.0), lane_slot(v, PEAK))
                     for t in range(NT):
                         v[T.ramp(ISC * S, 1, S)] = T.Broadcast(trial(t), S) / lane_slot(v, PEAK)
-                        v[T.ramp(SLX * S, 1, S)] = hk.no_fma(
+                        v[T.ramp(SLX * S, 1, S)] = tir.no_fma(
                             wxt[T.ramp(0, 1, S)] * level(lane_slot(v, ISC), xt[T.ramp(0, 1, S)]), S, T)
-                        v[T.ramp(SL2 * S, 1, S)] = hk.no_fma(
+                        v[T.ramp(SL2 * S, 1, S)] = tir.no_fma(
                             (wt[T.ramp(0, 1, S)] * level(lane_slot(v, ISC), xt[T.ramp(0, 1, S)]))
                             * level(lane_slot(v, ISC), xt[T.ramp(0, 1, S)]), S, T)
                         for j in T.unroll(1, S):
-                            v[T.ramp(SLX * S, 1, S)] = lane_slot(v, SLX) + hk.no_fma(
+                            v[T.ramp(SLX * S, 1, S)] = lane_slot(v, SLX) + tir.no_fma(
                                 wxt[T.ramp(j * S, 1, S)] * level(lane_slot(v, ISC), xt[T.ramp(j * S, 1, S)]), S, T)
-                            v[T.ramp(SL2 * S, 1, S)] = lane_slot(v, SL2) + hk.no_fma(
+                            v[T.ramp(SL2 * S, 1, S)] = lane_slot(v, SL2) + tir.no_fma(
                                 (wt[T.ramp(j * S, 1, S)] * level(lane_slot(v, ISC), xt[T.ramp(j * S, 1, S)]))
                                 * level(lane_slot(v, ISC), xt[T.ramp(j * S, 1, S)]), S, T)
                         if t == 0:
@@ -181,7 +182,7 @@ def _q6_k(source: str):
                                                                  lane_slot(v, ISC), lane_slot(v, BISC))
                     v[T.ramp(SCALE * S, 1, S)] = T.Select(lane_slot(v, ZERO) > bc(0.0), bc(0.0), lane_slot(v, SCALE))
                     # the super-block: d from the first largest-magnitude scale
-                    sb[0] = hk.first_abs_max(lane_slot(v, SCALE), S, T, tirx)
+                    sb[0] = tir.first_abs_max(lane_slot(v, SCALE), S, T, tirx)
                     if T.fabs(sb[0]) < T.float32(GROUP_MAX_EPS):
                         for k in T.unroll(210 // 14):
                             o[vi, T.ramp(b * 210 + k * 14, 1, 14)] = T.Broadcast(T.uint8(0), 14)
@@ -218,7 +219,7 @@ def _q6_k(source: str):
                                                       & T.uint16(255))
                         o[vi, b * 210 + 209] = T.Cast("uint8", T.shift_right(
                             T.reinterpret("uint16", T.Cast("float16", sb[1])), T.uint16(8)))
-                bad[vi] = hk.any_lane(fl[T.ramp(0, 1, S)], S, tirx)
+                bad[vi] = tir.any_lane(fl[T.ramp(0, 1, S)], S, tirx)
 
     return main
 
@@ -228,11 +229,13 @@ BUILDERS = {Q.Q4_0: _q32, Q.Q8_0: _q32, Q.Q6_K: lambda kind, source: _q6_k(sourc
 
 @functools.cache
 def kernel(qtype: Q, stored: str):
-    """The compiled kernel for ``qtype`` over rows stored as ``stored`` (BF16/F16/F32), or None where it
-    cannot be had (no TVM, no C compiler to link it)."""
-    source = hk.SOURCE[stored]
+    """The compiled kernel for ``qtype`` over rows stored as ``stored`` (BF16/F16/F32), from the kernel cache
+    when it is there; None where it cannot be had (no TVM, no compiler)."""
+    source = tir.SOURCE[stored]
+    text = "\n".join(Path(f).read_text() for f in (__file__, tir.__file__))
     try:
-        return hk.compiled(f"gguf-{qtype.name.lower()}-{source}", SOURCES, lambda: BUILDERS[qtype](qtype, source))
+        return cached_kernel(f"gguf-{qtype.name.lower()}-{source}", f"{text}\n{qtype.name} {source}",
+                             lambda: tir.build_host(BUILDERS[qtype](qtype, source)))
     except Exception:  # noqa: BLE001 - the numpy path does the same work
         return None
 
@@ -240,18 +243,21 @@ def kernel(qtype: Q, stored: str):
 def quantize(rows: np.ndarray, stored: str, qtype: Q) -> np.ndarray | None:
     """GGUF bytes [n, row_bytes] of ``rows`` [n, k] as stored (``stored``: BF16/F16/F32; bfloat16 rows as
     ml_dtypes or uint16 bits), or None: the type or dtype has no kernel, k is not whole blocks, the kernel
-    cannot be built here, or a row flagged itself. The caller then runs the numpy quantizer."""
-    if qtype not in BLOCK or stored not in hk.SOURCE or rows.ndim != 2 or rows.shape[1] % BLOCK[qtype]:
+    cannot be built here, or a row flagged itself. The caller then runs the numpy quantizer. Writable
+    contiguous rows (a copy-on-write memory map) are read in place; others are copied first."""
+    if qtype not in BLOCK or stored not in tir.SOURCE or rows.ndim != 2 or rows.shape[1] % BLOCK[qtype]:
         return None
     f = kernel(qtype, stored)
     if f is None:
         return None
+    import tvm_ffi
+
     n, k = rows.shape
-    src = np.ascontiguousarray(rows)  # a .bin tensor may be a strided view
+    src = rows if rows.flags.c_contiguous and rows.flags.writeable else np.array(rows, order="C")
     if stored == "BF16":
         src = src.view(np.uint16)
     out = np.empty((n, k // BLOCK[qtype] * BLOCK_BYTES[qtype]), np.uint8)
     bad = np.empty((n,), np.int32)
     if n:
-        f(hk.tensor(src), hk.tensor(out), hk.tensor(bad))
+        f(*(tvm_ffi.from_dlpack(a) for a in (src, out, bad)))
     return None if bad.any() else out

@@ -1,4 +1,4 @@
-"""The compiled GGUF block kernels (formats/gguf_kernels.py) write the numpy quantizers' bytes exactly.
+"""The compiled GGUF block kernels (kernels/gguf_blocks.py) write the numpy quantizers' bytes exactly.
 
 - blocks: Q4_0/Q8_0 against gguf-py's ``gguf.quants.quantize``, Q6_K against ``gguf_kquants.quantize_rows``, for
   every stored dtype, several row lengths and the cases the arithmetic branches on (ties, zero blocks, tiny and
@@ -7,7 +7,8 @@
   blocks of the 0.5B bench checkpoint);
 - files: export-gguf writes the same bytes with and without the kernels (safetensors bf16/f16/f32, .bin), and a
   NaN still gets the one-line error;
-- the kernel cache: a second process loads the built kernel without importing TVM.
+- the kernel cache (support/cache.py, tested in test_kernel_cache.py): a second process loads the Q6_K
+  kernel without importing TVM.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from mcpm_mobile.formats import gguf_export, gguf_kernels, gguf_kquants
+from mcpm_mobile.formats import gguf_export, gguf_kquants
+from mcpm_mobile.kernels import gguf_blocks, tir
 from mcpm_mobile.model.tiny import write_tiny_checkpoint
-from mcpm_mobile.support import host_kernel, safetensors_io
+from mcpm_mobile.support import safetensors_io
 
 Q = gguf.GGMLQuantizationType
 STORED = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32}
@@ -75,7 +77,7 @@ def hard_rows(k: int, stored: str, seed: int = 0) -> np.ndarray:
 def test_hard_rows_equal_numpy(kind, k, stored):
     qtype = Q[kind]
     x = hard_rows(k, stored)
-    out = gguf_kernels.quantize(x, stored, qtype)
+    out = gguf_blocks.quantize(x, stored, qtype)
     assert out is not None, "the kernel refused rows it should take"
     np.testing.assert_array_equal(out, reference(x, qtype))
 
@@ -86,18 +88,20 @@ def test_many_random_blocks_equal_numpy(kind, stored):
     qtype = Q[kind]
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((4096 if qtype == Q.Q6_K else 1024, 1024)) * 0.05).astype(STORED[stored])
-    out = gguf_kernels.quantize(x, stored, qtype)
+    out = gguf_blocks.quantize(x, stored, qtype)
     np.testing.assert_array_equal(out, reference(x, qtype))
 
 
-def test_raw_bits_and_strided_rows():
-    """bfloat16 as uint16 bits (what the memory map gives) and a strided view (a .bin tensor) work as well."""
+def test_raw_bits_strided_and_read_only_rows():
+    """bfloat16 as uint16 bits, a strided view (a .bin tensor) and read-only rows give the same bytes."""
     x = hard_rows(512, "BF16")
     ref = reference(x, Q.Q4_0)
-    np.testing.assert_array_equal(gguf_kernels.quantize(x.view(np.uint16), "BF16", Q.Q4_0), ref)
+    np.testing.assert_array_equal(gguf_blocks.quantize(x.view(np.uint16), "BF16", Q.Q4_0), ref)
     wide = np.zeros((16, 1024), ml_dtypes.bfloat16)
     wide[:, ::2] = x
-    np.testing.assert_array_equal(gguf_kernels.quantize(wide[:, ::2], "BF16", Q.Q4_0), ref)
+    np.testing.assert_array_equal(gguf_blocks.quantize(wide[:, ::2], "BF16", Q.Q4_0), ref)
+    x.flags.writeable = False  # a read-only map is copied before DLPack takes it
+    np.testing.assert_array_equal(gguf_blocks.quantize(x, "BF16", Q.Q4_0), ref)
 
 
 @pytest.mark.parametrize("kind", ["Q4_0", "Q8_0", "Q6_K"])
@@ -107,25 +111,25 @@ def test_rows_the_kernel_cannot_match_fall_back(kind):
     for bad in (np.nan, np.inf, -np.inf):
         y = x.copy()
         y[9, 17] = bad
-        assert gguf_kernels.quantize(y, "F32", qtype) is None
+        assert gguf_blocks.quantize(y, "F32", qtype) is None
     y = x.copy()
     if qtype == Q.Q6_K:
         y[3, :16] = 3e7  # cubes overflow float32
     else:
         y[3, :32] = 1e-39  # subnormal block: 1/d overflows
-    assert gguf_kernels.quantize(y, "F32", qtype) is None
+    assert gguf_blocks.quantize(y, "F32", qtype) is None
     # shapes and types without a kernel
-    assert gguf_kernels.quantize(x[:, :48], "F32", Q.Q6_K) is None
-    assert gguf_kernels.quantize(x, "F64", qtype) is None
-    assert gguf_kernels.quantize(x, "F32", Q.Q4_K) is None
+    assert gguf_blocks.quantize(x[:, :48], "F32", Q.Q6_K) is None
+    assert gguf_blocks.quantize(x, "F64", qtype) is None
+    assert gguf_blocks.quantize(x, "F32", Q.Q4_K) is None
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 FMA mnemonics")
 @pytest.mark.parametrize("kind", ["Q4_0", "Q8_0", "Q6_K"])
 def test_no_fused_multiply_add(kind):
-    """TVM's LLVM backend contracts ``a * b + c`` into an FMA; the kernels block it (``host_kernel.no_fma``)."""
+    """TVM's LLVM backend contracts ``a * b + c`` into an FMA; the kernels block it (``tir.no_fma``)."""
     qtype = Q[kind]
-    module = host_kernel.build_prim_func(gguf_kernels.BUILDERS[qtype](qtype, "uint16"))
+    module = tir.build_host(gguf_blocks.BUILDERS[qtype](qtype, "uint16"))
     asm = "\n".join(m.inspect_source("asm") for m in [module.mod, *module.mod.imports] if m.kind == "llvm")
     assert "vmulps" in asm
     assert not re.findall(r"\bv?fn?m(add|sub)\d*[ps]s\b", asm)
@@ -134,29 +138,24 @@ def test_no_fused_multiply_add(kind):
 def test_warm_cache_loads_without_tvm(tmp_path):
     x = hard_rows(256, "BF16")
     np.save(tmp_path / "x.npy", x.view(np.uint16))
-    code = ("import sys, numpy as np, gguf; from mcpm_mobile.formats import gguf_kernels as g; "
+    code = ("import sys, numpy as np, gguf; from mcpm_mobile.kernels import gguf_blocks as g; "
             f"x = np.load({str(tmp_path / 'x.npy')!r}); out = g.quantize(x, 'BF16', gguf.GGMLQuantizationType.Q6_K); "
             f"np.save({str(tmp_path / 'out.npy')!r}, out); print('tvm' in sys.modules)")
-    env = {**os.environ, host_kernel.CACHE_ENV: str(tmp_path / "cache")}
+    env = {**os.environ, "MCPM_CACHE_DIR": str(tmp_path / "cache")}
 
-    def run(**extra) -> str:
-        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+    def run() -> str:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                              check=True).stdout.strip()
         np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), reference(x, Q.Q6_K))
         return out
 
     assert [run(), run()] == ["True", "False"]  # built, then loaded from the cache
-    (cached,) = (tmp_path / "cache").glob("gguf-q6_k-uint16-*.so")
-    cached.write_bytes(b"\x7fELF damaged")
-    assert run() == "True"  # an unloadable file is built anew
-    assert run() == "False"
-    assert run(**{host_kernel.CACHE_ENV: "off"}) == "True"
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cached.name]  # no temporary files left
+    assert [p.name.startswith("gguf-q6_k-uint16-") for p in (tmp_path / "cache" / "kernels").iterdir()] == [True]
 
 
 def _export_both_ways(src: Path, tmp_path: Path, weight_type: str, monkeypatch) -> tuple[bytes, bytes]:
     used = []
-    real = gguf_kernels.quantize
+    real = gguf_blocks.quantize
 
     def counting(*args):
         out = real(*args)
