@@ -162,10 +162,10 @@ def _export_both_ways(src: Path, tmp_path: Path, weight_type: str, monkeypatch) 
         used.append(out is not None)
         return out
 
-    monkeypatch.setattr(gguf_kernels, "quantize", counting)
+    monkeypatch.setattr(gguf_blocks, "quantize", counting)
     gguf_export.export_gguf(src, tmp_path / "kernel.gguf", weight_type)
     assert used and all(used), "the kernels did not run"
-    monkeypatch.setattr(gguf_kernels, "quantize", lambda *args: None)
+    monkeypatch.setattr(gguf_blocks, "quantize", lambda *args: None)
     gguf_export.export_gguf(src, tmp_path / "numpy.gguf", weight_type)
     return (tmp_path / "kernel.gguf").read_bytes(), (tmp_path / "numpy.gguf").read_bytes()
 
