@@ -38,8 +38,8 @@ DATA = Path(__file__).parent / "data" / "pytorch"
 
 def reference(x: np.ndarray, qtype: Q) -> np.ndarray:
     x = x.astype(np.float32)
-    if qtype == Q.Q6_K:
-        return gguf_kquants.quantize_rows(x, "q6_k")
+    if qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
+        return gguf_kquants.quantize_rows(x, qtype.name.lower())
     return gguf.quants.quantize(x, qtype)
 
 
@@ -73,7 +73,7 @@ def hard_rows(k: int, stored: str, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("stored", STORED)
 @pytest.mark.parametrize("kind,k", [("Q4_0", 32), ("Q4_0", 96), ("Q4_0", 1024), ("Q8_0", 32), ("Q8_0", 1056),
-                                    ("Q6_K", 256), ("Q6_K", 1280)])
+                                    ("Q6_K", 256), ("Q6_K", 1280), ("Q4_K", 256), ("Q4_K", 1280), ("Q5_K", 768)])
 def test_hard_rows_equal_numpy(kind, k, stored):
     qtype = Q[kind]
     x = hard_rows(k, stored)
@@ -82,7 +82,8 @@ def test_hard_rows_equal_numpy(kind, k, stored):
     np.testing.assert_array_equal(out, reference(x, qtype))
 
 
-@pytest.mark.parametrize("kind,stored", [("Q4_0", "BF16"), ("Q8_0", "F16"), ("Q6_K", "BF16"), ("Q6_K", "F32")])
+@pytest.mark.parametrize("kind,stored", [("Q4_0", "BF16"), ("Q8_0", "F16"), ("Q6_K", "BF16"), ("Q6_K", "F32"),
+                                         ("Q4_K", "BF16"), ("Q5_K", "F32")])
 def test_many_random_blocks_equal_numpy(kind, stored):
     """Near-ties are rare (an FMA moved 1 Q6_K block in 1,600): enough blocks that a changed rounding shows."""
     qtype = Q[kind]
@@ -104,7 +105,7 @@ def test_raw_bits_strided_and_read_only_rows():
     np.testing.assert_array_equal(gguf_blocks.quantize(x, "BF16", Q.Q4_0), ref)
 
 
-@pytest.mark.parametrize("kind", ["Q4_0", "Q8_0", "Q6_K"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q8_0", "Q6_K", "Q4_K", "Q5_K"])
 def test_rows_the_kernel_cannot_match_fall_back(kind):
     qtype = Q[kind]
     x = hard_rows(256, "F32")
@@ -113,19 +114,19 @@ def test_rows_the_kernel_cannot_match_fall_back(kind):
         y[9, 17] = bad
         assert gguf_blocks.quantize(y, "F32", qtype) is None
     y = x.copy()
-    if qtype == Q.Q6_K:
-        y[3, :16] = 3e7  # cubes overflow float32
+    if gguf_blocks.BLOCK[qtype] == 256:
+        y[3, :16] = 3e7  # squared errors / cubes may overflow float32
     else:
         y[3, :32] = 1e-39  # subnormal block: 1/d overflows
     assert gguf_blocks.quantize(y, "F32", qtype) is None
     # shapes and types without a kernel
     assert gguf_blocks.quantize(x[:, :48], "F32", Q.Q6_K) is None
     assert gguf_blocks.quantize(x, "F64", qtype) is None
-    assert gguf_blocks.quantize(x, "F32", Q.Q4_K) is None
+    assert gguf_blocks.quantize(x, "F32", Q.Q2_K) is None
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 FMA mnemonics")
-@pytest.mark.parametrize("kind", ["Q4_0", "Q8_0", "Q6_K"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q8_0", "Q6_K", "Q4_K", "Q5_K"])
 def test_no_fused_multiply_add(kind):
     """TVM's LLVM backend contracts ``a * b + c`` into an FMA; the kernels block it (``tir.no_fma``)."""
     qtype = Q[kind]
@@ -184,12 +185,14 @@ def ckpt_256(tmp_path_factory):
                                  intermediate=512, vocab=512, tied=True, dtype="bfloat16", seed=11)
 
 
-@pytest.mark.parametrize("weight_type", ["q4_0", "q6_k"])
-def test_export_with_q6_k_same_bytes(weight_type, ckpt_256, tmp_path, monkeypatch):
+@pytest.mark.parametrize("weight_type", ["q4_0", "q6_k", "q4_k_m", "q5_k_m"])
+def test_export_with_k_quants_same_bytes(weight_type, ckpt_256, tmp_path, monkeypatch):
     a, b = _export_both_ways(ckpt_256, tmp_path, weight_type, monkeypatch)
     assert a == b
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "kernel.gguf").tensors}
     assert types["token_embd.weight"] == Q.Q6_K
+    if weight_type.endswith("_k_m"):
+        assert types["blk.0.attn_q.weight"] == Q[weight_type[:2].upper() + "_K"]
 
 
 def test_export_from_bin_same_bytes(tiny_dir, tmp_path, monkeypatch):

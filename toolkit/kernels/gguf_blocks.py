@@ -21,8 +21,8 @@ from mcpm_mobile.kernels import tir
 from mcpm_mobile.support.cache import cached_kernel
 
 Q = gguf.GGMLQuantizationType
-BLOCK = {Q.Q4_0: 32, Q.Q8_0: 32, Q.Q6_K: 256}
-BLOCK_BYTES = {Q.Q4_0: 18, Q.Q8_0: 34, Q.Q6_K: 210}
+BLOCK = {Q.Q4_0: 32, Q.Q8_0: 32, Q.Q6_K: 256, Q.Q4_K: 256, Q.Q5_K: 256}
+BLOCK_BYTES = {Q.Q4_0: 18, Q.Q8_0: 34, Q.Q6_K: 210, Q.Q4_K: 144, Q.Q5_K: 176}
 Q6_K_LIMIT = float(1 << 24)  # |x| from here on: x**3 * 32**2 may overflow float32; numpy path
 GROUP_MAX_EPS = 1e-15  # gguf_kquants.GROUP_MAX_EPS
 # fit_symmetric's trial scales: -(32 + 0.1 k) in float32, k = 0 first, then -9..9 without 0
@@ -224,7 +224,211 @@ def _q6_k(source: str):
     return main
 
 
-BUILDERS = {Q.Q4_0: _q32, Q.Q8_0: _q32, Q.Q6_K: lambda kind, source: _q6_k(source)}
+# Q4_K / Q5_K: (nmax, rmin, rdelta, nstep) of ggml's make_qkx2_quants, as gguf_kquants calls it
+ASYM = {Q.Q4_K: (15, -1.0, 0.1, 20), Q.Q5_K: (31, -0.5, 0.1, 15)}
+ASYM_LIMIT = float(1 << 24)  # |x| from here on: weighted squared errors may overflow float32; numpy path
+
+
+def _q_k_asym(kind: Q, source: str):
+    """Q4_K / Q5_K over rows of ``source``: ``f(w [n, 256 b], out uint8 [n, 144 b or 176 b], bad int32 [n])``.
+
+    Lanes are the 8 sub-blocks of 32 of a super-block (values gathered transposed), so each of ggml's sums
+    runs in its own order down the sub-block; the fit (``gguf_kquants.fit_scale_min``) keeps the multiplier
+    and origin of its best grid and recomputes those levels where they are needed."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    S, N, item = 8, 32, np.dtype(source).itemsize
+    nmax, rmin, rdelta, nstep = ASYM[kind]
+    size = BLOCK_BYTES[kind]
+    qs_at = 16 if kind == Q.Q4_K else 48
+    f32 = np.float32
+    steps = [float((f32(rmin) + f32(rdelta) * f32(st)) + f32(nmax)) for st in range(nstep + 1)]
+    (LO, HI, SPAN, FLAT, SUMW, SUMX, SCALE, OFFSET, ERR, TRIAL, SL, SL2, SXL, DET, SS, MM, E, BETTER, BT, BO,
+     RMS, EFFD, EFFM) = range(23)
+
+    def bc(value):
+        return T.Broadcast(T.float32(value), S)
+
+    def at(k):
+        return T.ramp(k * S, 1, S)
+
+    def step_const(t):
+        e = T.float32(steps[-1])
+        for k in range(len(steps) - 2, -1, -1):
+            e = T.Select(t == k, T.float32(steps[k]), e)
+        return e
+
+    def grid(mult, x, origin):  # clip(rint(mult * (x - origin)), 0, nmax)
+        return T.min(T.max(T.nearbyint(mult * (x - origin)), bc(0.0)), bc(float(nmax)))
+
+    def nofma(p):
+        return tir.no_fma(p, S, T)
+
+    @T.prim_func(private=True, s_tir=True)
+    def main(w_h: T.handle, o_h: T.handle, bad_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n, k, m = T.int64(), T.int64(), T.int64()
+        w = T.match_buffer(w_h, (n, k), source, align=item)
+        o = T.match_buffer(o_h, (n, m), "uint8", align=1)
+        bad = T.match_buffer(bad_h, (n,), "int32")
+        for i in T.parallel(n):
+            with T.sblock("row"):
+                vi = T.axis.spatial(n, i)
+                T.reads()
+                T.writes()
+                xt = T.sblock_alloc_buffer((256,), "float32")  # xt[j*8 + s] = value j of sub-block s
+                wt = T.sblock_alloc_buffer((256,), "float32")  # weights rms + |x|
+                v = T.sblock_alloc_buffer((23 * S,), "float32")
+                nat = T.sblock_alloc_buffer((256,), "int32")  # final levels in value order
+                ls = T.sblock_alloc_buffer((S,), "int32")
+                lm = T.sblock_alloc_buffer((S,), "int32")
+                sb = T.sblock_alloc_buffer((4,), "float32")  # max scale, max min, d and dmin as stored
+                fl = T.sblock_alloc_buffer((S,), "int32")
+                fl[T.ramp(0, 1, S)] = T.Broadcast(0, S)
+                for b in range(k // 256):
+                    for j in T.unroll(N):
+                        xt[T.ramp(j * S, 1, S)] = tir.load_f32(w[vi, T.ramp(b * 256 + j, N, S)], source, S, T)
+                        fl[T.ramp(0, 1, S)] = fl[T.ramp(0, 1, S)] | T.Cast(f"int32x{S}", tir.not_finite(
+                            xt[T.ramp(j * S, 1, S)], S, T) | (T.fabs(xt[T.ramp(j * S, 1, S)]) >= bc(ASYM_LIMIT)))
+                    # weights: rms of the sub-block + |x|
+                    v[at(RMS)] = nofma(xt[T.ramp(0, 1, S)] * xt[T.ramp(0, 1, S)])
+                    for j in T.unroll(1, N):
+                        v[at(RMS)] = v[at(RMS)] + nofma(xt[T.ramp(j * S, 1, S)] * xt[T.ramp(j * S, 1, S)])
+                    v[at(RMS)] = T.sqrt(v[at(RMS)] / bc(32.0))
+                    for j in T.unroll(N):
+                        wt[T.ramp(j * S, 1, S)] = v[at(RMS)] + T.fabs(xt[T.ramp(j * S, 1, S)])
+                    # fit_scale_min
+                    v[at(LO)] = xt[T.ramp(0, 1, S)]
+                    v[at(HI)] = xt[T.ramp(0, 1, S)]
+                    for j in T.unroll(1, N):
+                        v[at(LO)] = T.min(v[at(LO)], xt[T.ramp(j * S, 1, S)])
+                        v[at(HI)] = T.max(v[at(HI)], xt[T.ramp(j * S, 1, S)])
+                    v[at(LO)] = T.min(v[at(LO)], bc(0.0))
+                    v[at(FLAT)] = T.Select(v[at(HI)] - v[at(LO)] == bc(0.0), bc(1.0), bc(0.0))
+                    v[at(SPAN)] = T.Select(v[at(FLAT)] > bc(0.0), bc(1.0), v[at(HI)] - v[at(LO)])
+                    v[at(SUMW)] = wt[T.ramp(0, 1, S)]
+                    v[at(SUMX)] = nofma(wt[T.ramp(0, 1, S)] * xt[T.ramp(0, 1, S)])
+                    for j in T.unroll(1, N):
+                        v[at(SUMW)] = v[at(SUMW)] + wt[T.ramp(j * S, 1, S)]
+                        v[at(SUMX)] = v[at(SUMX)] + nofma(wt[T.ramp(j * S, 1, S)] * xt[T.ramp(j * S, 1, S)])
+                    v[at(BT)] = bc(float(nmax)) / v[at(SPAN)]
+                    v[at(BO)] = v[at(LO)]
+                    v[at(SCALE)] = bc(1.0) / v[at(BT)]
+                    v[at(OFFSET)] = v[at(LO)]
+                    for j in T.unroll(N):
+                        if j == 0:
+                            v[at(ERR)] = nofma(wt[T.ramp(0, 1, S)] * (
+                                (nofma(v[at(SCALE)] * grid(v[at(BT)], xt[T.ramp(0, 1, S)], v[at(BO)]))
+                                 + v[at(OFFSET)] - xt[T.ramp(0, 1, S)])
+                                * (nofma(v[at(SCALE)] * grid(v[at(BT)], xt[T.ramp(0, 1, S)], v[at(BO)]))
+                                   + v[at(OFFSET)] - xt[T.ramp(0, 1, S)])))
+                        else:
+                            v[at(ERR)] = v[at(ERR)] + nofma(wt[T.ramp(j * S, 1, S)] * (
+                                (nofma(v[at(SCALE)] * grid(v[at(BT)], xt[T.ramp(j * S, 1, S)], v[at(BO)]))
+                                 + v[at(OFFSET)] - xt[T.ramp(j * S, 1, S)])
+                                * (nofma(v[at(SCALE)] * grid(v[at(BT)], xt[T.ramp(j * S, 1, S)], v[at(BO)]))
+                                   + v[at(OFFSET)] - xt[T.ramp(j * S, 1, S)])))
+                    for t in range(nstep + 1):
+                        v[at(TRIAL)] = T.Broadcast(step_const(t), S) / T.Select(
+                            v[at(HI)] - v[at(OFFSET)] > bc(0.0), v[at(HI)] - v[at(OFFSET)], bc(1.0))
+                        for j in T.unroll(N):
+                            if j == 0:
+                                v[at(SL)] = nofma(wt[T.ramp(0, 1, S)] * grid(v[at(TRIAL)], xt[T.ramp(0, 1, S)],
+                                                                              v[at(OFFSET)]))
+                                v[at(SL2)] = nofma((wt[T.ramp(0, 1, S)] * grid(v[at(TRIAL)], xt[T.ramp(0, 1, S)],
+                                                                                v[at(OFFSET)]))
+                                                   * grid(v[at(TRIAL)], xt[T.ramp(0, 1, S)], v[at(OFFSET)]))
+                                v[at(SXL)] = nofma((wt[T.ramp(0, 1, S)] * grid(v[at(TRIAL)], xt[T.ramp(0, 1, S)],
+                                                                                v[at(OFFSET)]))
+                                                   * xt[T.ramp(0, 1, S)])
+                            else:
+                                v[at(SL)] = v[at(SL)] + nofma(wt[T.ramp(j * S, 1, S)] * grid(
+                                    v[at(TRIAL)], xt[T.ramp(j * S, 1, S)], v[at(OFFSET)]))
+                                v[at(SL2)] = v[at(SL2)] + nofma((wt[T.ramp(j * S, 1, S)] * grid(
+                                    v[at(TRIAL)], xt[T.ramp(j * S, 1, S)], v[at(OFFSET)])) * grid(
+                                    v[at(TRIAL)], xt[T.ramp(j * S, 1, S)], v[at(OFFSET)]))
+                                v[at(SXL)] = v[at(SXL)] + nofma((wt[T.ramp(j * S, 1, S)] * grid(
+                                    v[at(TRIAL)], xt[T.ramp(j * S, 1, S)], v[at(OFFSET)])) * xt[T.ramp(j * S, 1, S)])
+                        v[at(DET)] = nofma(v[at(SUMW)] * v[at(SL2)]) - nofma(v[at(SL)] * v[at(SL)])
+                        v[at(BETTER)] = T.Select(v[at(DET)] > bc(0.0), bc(1.0), bc(0.0))  # ok
+                        v[at(DET)] = T.Select(v[at(DET)] > bc(0.0), v[at(DET)], bc(1.0))
+                        v[at(SS)] = (nofma(v[at(SUMW)] * v[at(SXL)]) - nofma(v[at(SUMX)] * v[at(SL)])) / v[at(DET)]
+                        v[at(MM)] = (nofma(v[at(SL2)] * v[at(SUMX)]) - nofma(v[at(SL)] * v[at(SXL)])) / v[at(DET)]
+                        v[at(SS)] = T.Select(v[at(MM)] > bc(0.0), v[at(SXL)] / T.Select(
+                            v[at(SL2)] > bc(0.0), v[at(SL2)], bc(1.0)), v[at(SS)])
+                        v[at(MM)] = T.Select(v[at(MM)] > bc(0.0), bc(0.0), v[at(MM)])
+                        for j in T.unroll(N):
+                            if j == 0:
+                                v[at(E)] = nofma(wt[T.ramp(0, 1, S)] * (
+                                    (nofma(v[at(SS)] * grid(v[at(TRIAL)], xt[T.ramp(0, 1, S)], v[at(OFFSET)]))
+                                     + v[at(MM)] - xt[T.ramp(0, 1, S)])
+                                    * (nofma(v[at(SS)] * grid(v[at(TRIAL)], xt[T.ramp(0, 1, S)], v[at(OFFSET)]))
+                                       + v[at(MM)] - xt[T.ramp(0, 1, S)])))
+                            else:
+                                v[at(E)] = v[at(E)] + nofma(wt[T.ramp(j * S, 1, S)] * (
+                                    (nofma(v[at(SS)] * grid(v[at(TRIAL)], xt[T.ramp(j * S, 1, S)], v[at(OFFSET)]))
+                                     + v[at(MM)] - xt[T.ramp(j * S, 1, S)])
+                                    * (nofma(v[at(SS)] * grid(v[at(TRIAL)], xt[T.ramp(j * S, 1, S)], v[at(OFFSET)]))
+                                       + v[at(MM)] - xt[T.ramp(j * S, 1, S)])))
+                        v[at(BETTER)] = T.Select((v[at(BETTER)] > bc(0.0)) & (v[at(E)] < v[at(ERR)]), bc(1.0), bc(0.0))
+                        v[at(BT)] = T.Select(v[at(BETTER)] > bc(0.0), v[at(TRIAL)], v[at(BT)])
+                        v[at(BO)] = T.Select(v[at(BETTER)] > bc(0.0), v[at(OFFSET)], v[at(BO)])
+                        v[at(ERR)] = T.Select(v[at(BETTER)] > bc(0.0), v[at(E)], v[at(ERR)])
+                        v[at(SCALE)] = T.Select(v[at(BETTER)] > bc(0.0), v[at(SS)], v[at(SCALE)])
+                        v[at(OFFSET)] = T.Select(v[at(BETTER)] > bc(0.0), v[at(MM)], v[at(OFFSET)])
+                    # scale 0 and min -lo for flat sub-blocks; mins are -offset
+                    v[at(SCALE)] = T.Select(v[at(FLAT)] > bc(0.0), bc(0.0), v[at(SCALE)])
+                    v[at(OFFSET)] = T.Select(v[at(FLAT)] > bc(0.0), bc(0.0) - v[at(LO)], bc(0.0) - v[at(OFFSET)])
+                    # the super-block: 6-bit scales and mins, float16 d and dmin
+                    sb[0] = T.max(tir.fold_all(v[at(SCALE)], S, T.max, tirx), T.float32(0))
+                    sb[1] = T.max(tir.fold_all(v[at(OFFSET)], S, T.max, tirx), T.float32(0))
+                    ls[T.ramp(0, 1, S)] = T.min(T.Cast(f"int32x{S}", T.nearbyint(T.Broadcast(T.if_then_else(
+                        sb[0] > T.float32(0), T.float32(63) / sb[0], T.float32(0)), S) * v[at(SCALE)]))
+                        & T.Broadcast(255, S), T.Broadcast(63, S))
+                    lm[T.ramp(0, 1, S)] = T.min(T.Cast(f"int32x{S}", T.nearbyint(T.Broadcast(T.if_then_else(
+                        sb[1] > T.float32(0), T.float32(63) / sb[1], T.float32(0)), S) * v[at(OFFSET)]))
+                        & T.Broadcast(255, S), T.Broadcast(63, S))
+                    sb[2] = T.Cast("float32", T.Cast("float16", sb[0] / T.float32(63)))
+                    sb[3] = T.Cast("float32", T.Cast("float16", sb[1] / T.float32(63)))
+                    v[at(EFFD)] = T.Broadcast(sb[2], S) * T.Cast(f"float32x{S}", ls[T.ramp(0, 1, S)])
+                    v[at(EFFM)] = nofma(T.Broadcast(sb[3], S) * T.Cast(f"float32x{S}", lm[T.ramp(0, 1, S)]))
+                    for j in T.unroll(N):
+                        nat[T.ramp(j, N, S)] = T.Cast(f"int32x{S}", T.Select(
+                            v[at(EFFD)] == bc(0.0),
+                            T.Select(v[at(FLAT)] > bc(0.0), bc(0.0), grid(v[at(BT)], xt[T.ramp(j * S, 1, S)], v[at(BO)])),
+                            T.min(T.max(T.nearbyint((xt[T.ramp(j * S, 1, S)] + v[at(EFFM)]) / T.Select(
+                                v[at(EFFD)] == bc(0.0), bc(1.0), v[at(EFFD)])), bc(0.0)), bc(float(nmax)))))
+                    o[vi, b * size] = T.Cast("uint8", T.reinterpret("uint16", T.Cast("float16", sb[2])) & T.uint16(255))
+                    o[vi, b * size + 1] = T.Cast("uint8", T.shift_right(
+                        T.reinterpret("uint16", T.Cast("float16", sb[2])), T.uint16(8)))
+                    o[vi, b * size + 2] = T.Cast("uint8", T.reinterpret("uint16", T.Cast("float16", sb[3])) & T.uint16(255))
+                    o[vi, b * size + 3] = T.Cast("uint8", T.shift_right(
+                        T.reinterpret("uint16", T.Cast("float16", sb[3])), T.uint16(8)))
+                    o[vi, T.ramp(b * size + 4, 1, 4)] = T.Cast("uint8x4", ls[T.ramp(0, 1, 4)] | T.shift_left(
+                        T.shift_right(ls[T.ramp(4, 1, 4)], T.Broadcast(4, 4)), T.Broadcast(6, 4)))
+                    o[vi, T.ramp(b * size + 8, 1, 4)] = T.Cast("uint8x4", lm[T.ramp(0, 1, 4)] | T.shift_left(
+                        T.shift_right(lm[T.ramp(4, 1, 4)], T.Broadcast(4, 4)), T.Broadcast(6, 4)))
+                    o[vi, T.ramp(b * size + 12, 1, 4)] = T.Cast("uint8x4", (ls[T.ramp(4, 1, 4)] & T.Broadcast(15, 4))
+                                                                | T.shift_left(lm[T.ramp(4, 1, 4)] & T.Broadcast(15, 4),
+                                                                               T.Broadcast(4, 4)))
+                    for c in T.unroll(4):
+                        o[vi, T.ramp(b * size + qs_at + c * 32, 1, 32)] = T.Cast("uint8x32", (
+                            nat[T.ramp(c * 64, 1, 32)] & T.Broadcast(15, 32)) | T.shift_left(
+                            nat[T.ramp(c * 64 + 32, 1, 32)] & T.Broadcast(15, 32), T.Broadcast(4, 32)))
+                    if kind == Q.Q5_K:
+                        o[vi, T.ramp(b * size + 16, 1, 32)] = T.Broadcast(T.uint8(0), 32)
+                        for c in T.unroll(8):
+                            o[vi, T.ramp(b * size + 16, 1, 32)] = o[vi, T.ramp(b * size + 16, 1, 32)] | T.Cast(
+                                "uint8x32", T.shift_left(T.shift_right(nat[T.ramp(c * 32, 1, 32)], T.Broadcast(4, 32)),
+                                                         T.Broadcast(c, 32)))
+                bad[vi] = tir.any_lane(fl[T.ramp(0, 1, S)], S, tirx)
+
+    return main
+
+
+BUILDERS = {Q.Q4_0: _q32, Q.Q8_0: _q32, Q.Q6_K: lambda kind, source: _q6_k(source), Q.Q4_K: _q_k_asym,
+            Q.Q5_K: _q_k_asym}
 
 
 @functools.cache
