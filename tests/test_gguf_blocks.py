@@ -1,6 +1,6 @@
 """The compiled GGUF block kernels (kernels/gguf_blocks.py) write the numpy quantizers' bytes exactly.
 
-- blocks: Q4_0/Q8_0 against gguf-py's ``gguf.quants.quantize``, Q6_K against ``gguf_kquants.quantize_rows``, for
+- blocks: Q4_0/Q8_0 against gguf-py's ``gguf.quants.quantize``, Q4_K/Q5_K/Q6_K against ``gguf_kquants``, for
   every stored dtype, several row lengths and the cases the arithmetic branches on (ties, zero blocks, tiny and
   huge magnitudes); rows the kernel cannot match make it return None, never other bytes;
 - no fused multiply-add in the generated code (numpy rounds each product; one FMA moved 5 of 294k Q6_K

@@ -1,8 +1,9 @@
 """HF MiniCPM checkpoint -> one GGUF file for llama.cpp / LLMFarm, streaming tensor by tensor.
 
 The header, metadata and tensor table are written by the ``gguf`` package; tensor data follows in
-row chunks (K-quants by ``gguf_kquants``, the 32-blocks by ``gguf.quants``), so memory stays bounded by the largest Q/K matrix or
-``ROW_CHUNK_BYTES``, whichever is bigger.
+row chunks, quantized by the compiled kernels (``kernels/gguf_blocks.py``) or, where they cannot run, by the
+same arithmetic in numpy (K-quants by ``gguf_kquants``, the 32-blocks by ``gguf.quants``), so memory stays
+bounded by the largest Q/K matrix or ``ROW_CHUNK_BYTES``, whichever is bigger.
 """
 from __future__ import annotations
 
@@ -292,7 +293,7 @@ def export_gguf(ckpt: Checkpoint | Path | str, out_path: Path | str, weight_type
 def _write_tensor(ckpt: Checkpoint, t: PlannedTensor, fout, advance):
     """Convert ``t`` and append it to ``fout``; yields the number of bytes written per chunk.
 
-    Q4_0/Q8_0/Q6_K rows go through the compiled kernels (``kernels/gguf_blocks.py``) straight from the stored
+    Q4_0/Q8_0/Q4_K/Q5_K/Q6_K rows go through the compiled kernels (``kernels/gguf_blocks.py``) straight from the stored
     bytes (a private map of each chunk's rows); where a kernel cannot run or flags a chunk, that chunk takes the
     numpy path (which reports NaN/Inf)."""
     if t.values is not None:

@@ -1,13 +1,14 @@
-"""GGUF's Q4_0, Q8_0 and Q6_K blocks as compiled host kernels, byte for byte what the numpy quantizers write.
+"""GGUF's Q4_0, Q8_0, Q6_K, Q4_K and Q5_K blocks as compiled host kernels, byte for byte what the numpy
+quantizers write.
 
-Q4_0 and Q8_0 follow ``gguf.quants`` (gguf-py's ``Q4_0.quantize_blocks``/``Q8_0.quantize_blocks``), Q6_K our
-``gguf_kquants.quantize_q6_k`` (ggml's ``quantize_row_q6_K_ref``): float32 throughout, products rounded before
-they are added (``tir.no_fma``), sums in the same order (vectorized across Q6_K's 16 sub-blocks, never
+Q4_0 and Q8_0 follow ``gguf.quants`` (gguf-py's ``Q4_0.quantize_blocks``/``Q8_0.quantize_blocks``), the K-quants
+our ``gguf_kquants`` (ggml's ``quantize_row_q{4,5,6}_K_ref``): float32 throughout, products rounded before
+they are added (``tir.no_fma``), sums in the same order (vectorized across a super-block's sub-blocks, never
 along a sum). Each kernel reads the rows as stored (bfloat16 as its uint16 bits, float16, float32, straight from
 the memory map), one row per task on TVM's thread pool, and writes the GGUF bytes of the row. A row it cannot
-match flags itself (NaN/Inf; a Q4_0/Q8_0 block whose 1/d overflows; Q6_K values of 2**24 or more, whose
-cubes overflow float32): :func:`quantize` then returns None and the caller runs the numpy path, which
-reports NaN/Inf as usual.
+match flags itself (NaN/Inf; a Q4_0/Q8_0 block whose 1/d overflows; K-quant values of 2**24 or more, whose
+cubes or weighted squares may overflow float32): :func:`quantize` then returns None and the caller runs the
+numpy path, which reports NaN/Inf as usual.
 """
 from __future__ import annotations
 
@@ -75,12 +76,12 @@ def _q32(kind: Q, source: str):
                 for g in range(k // L):
                     st[0] = scale(x_of(w, vi, g))
                     st[1] = T.if_then_else(st[0] == T.float32(0), T.float32(0), T.float32(1) / st[0])
-                    fl[T.ramp(0, 1, L)] = fl[T.ramp(0, 1, L)] | T.Cast(f"int32x{L}", tir.not_finite(x_of(w, vi, g), L, T)) \
-                        | T.Broadcast(T.Cast("int32", tir.not_finite(st[1], 1, T)), L)  # 1/d overflowed
+                    fl[T.ramp(0, 1, L)] = fl[T.ramp(0, 1, L)] | T.Cast(
+                        f"int32x{L}", tir.not_finite(x_of(w, vi, g), L, T)) | T.Broadcast(
+                        T.Cast("int32", tir.not_finite(st[1], 1, T)), L)  # 1/d overflowed
                     o[vi, T.ramp(g * size + 2, 1, size - 2)] = codes(x_of(w, vi, g), st[1])
-                    bits = T.reinterpret("uint16", T.Cast("float16", st[0]))
-                    o[vi, g * size] = T.Cast("uint8", bits & T.uint16(255))
-                    o[vi, g * size + 1] = T.Cast("uint8", T.shift_right(bits, T.uint16(8)))
+                    o[vi, g * size] = tir.f16_byte(st[0], 0, T)
+                    o[vi, g * size + 1] = tir.f16_byte(st[0], 1, T)
                 bad[vi] = tir.any_lane(fl[T.ramp(0, 1, L)], L, tirx)
 
     return main
@@ -145,9 +146,11 @@ def _q6_k(source: str):
                     # fit_symmetric: the first largest-magnitude value of each sub-block
                     v[T.ramp(PEAK * S, 1, S)] = xt[T.ramp(0, 1, S)]
                     for j in T.unroll(1, S):
-                        v[T.ramp(PEAK * S, 1, S)] = T.Select(T.fabs(xt[T.ramp(j * S, 1, S)]) > T.fabs(lane_slot(v, PEAK)),
-                                                             xt[T.ramp(j * S, 1, S)], lane_slot(v, PEAK))
-                    v[T.ramp(ZERO * S, 1, S)] = T.Select(T.fabs(lane_slot(v, PEAK)) < bc(GROUP_MAX_EPS), bc(1.0), bc(0.0))
+                        v[T.ramp(PEAK * S, 1, S)] = T.Select(
+                            T.fabs(xt[T.ramp(j * S, 1, S)]) > T.fabs(lane_slot(v, PEAK)), xt[T.ramp(j * S, 1, S)],
+                            lane_slot(v, PEAK))
+                    v[T.ramp(ZERO * S, 1, S)] = T.Select(T.fabs(lane_slot(v, PEAK)) < bc(GROUP_MAX_EPS), bc(1.0),
+                                                         bc(0.0))
                     v[T.ramp(PEAK * S, 1, S)] = T.Select(lane_slot(v, ZERO) > bc(0.0), bc(1.0), lane_slot(v, PEAK))
                     for t in range(NT):
                         v[T.ramp(ISC * S, 1, S)] = T.Broadcast(trial(t), S) / lane_slot(v, PEAK)
@@ -215,10 +218,8 @@ def _q6_k(source: str):
                                                T.Broadcast(6, 32)))
                         o[vi, T.ramp(b * 210 + 192, 1, S)] = T.reinterpret(f"uint8x{S}", T.Cast(
                             f"int8x{S}", sc[T.ramp(0, 1, S)]))
-                        o[vi, b * 210 + 208] = T.Cast("uint8", T.reinterpret("uint16", T.Cast("float16", sb[1]))
-                                                      & T.uint16(255))
-                        o[vi, b * 210 + 209] = T.Cast("uint8", T.shift_right(
-                            T.reinterpret("uint16", T.Cast("float16", sb[1])), T.uint16(8)))
+                        o[vi, b * 210 + 208] = tir.f16_byte(sb[1], 0, T)
+                        o[vi, b * 210 + 209] = tir.f16_byte(sb[1], 1, T)
                 bad[vi] = tir.any_lane(fl[T.ramp(0, 1, S)], S, tirx)
 
     return main
@@ -396,15 +397,14 @@ def _q_k_asym(kind: Q, source: str):
                     for j in T.unroll(N):
                         nat[T.ramp(j, N, S)] = T.Cast(f"int32x{S}", T.Select(
                             v[at(EFFD)] == bc(0.0),
-                            T.Select(v[at(FLAT)] > bc(0.0), bc(0.0), grid(v[at(BT)], xt[T.ramp(j * S, 1, S)], v[at(BO)])),
+                            T.Select(v[at(FLAT)] > bc(0.0), bc(0.0),
+                                     grid(v[at(BT)], xt[T.ramp(j * S, 1, S)], v[at(BO)])),
                             T.min(T.max(T.nearbyint((xt[T.ramp(j * S, 1, S)] + v[at(EFFM)]) / T.Select(
                                 v[at(EFFD)] == bc(0.0), bc(1.0), v[at(EFFD)])), bc(0.0)), bc(float(nmax)))))
-                    o[vi, b * size] = T.Cast("uint8", T.reinterpret("uint16", T.Cast("float16", sb[2])) & T.uint16(255))
-                    o[vi, b * size + 1] = T.Cast("uint8", T.shift_right(
-                        T.reinterpret("uint16", T.Cast("float16", sb[2])), T.uint16(8)))
-                    o[vi, b * size + 2] = T.Cast("uint8", T.reinterpret("uint16", T.Cast("float16", sb[3])) & T.uint16(255))
-                    o[vi, b * size + 3] = T.Cast("uint8", T.shift_right(
-                        T.reinterpret("uint16", T.Cast("float16", sb[3])), T.uint16(8)))
+                    o[vi, b * size] = tir.f16_byte(sb[2], 0, T)
+                    o[vi, b * size + 1] = tir.f16_byte(sb[2], 1, T)
+                    o[vi, b * size + 2] = tir.f16_byte(sb[3], 0, T)
+                    o[vi, b * size + 3] = tir.f16_byte(sb[3], 1, T)
                     o[vi, T.ramp(b * size + 4, 1, 4)] = T.Cast("uint8x4", ls[T.ramp(0, 1, 4)] | T.shift_left(
                         T.shift_right(ls[T.ramp(4, 1, 4)], T.Broadcast(4, 4)), T.Broadcast(6, 4)))
                     o[vi, T.ramp(b * size + 8, 1, 4)] = T.Cast("uint8x4", lm[T.ramp(0, 1, 4)] | T.shift_left(

@@ -58,6 +58,12 @@ def no_fma(product, lanes: int, T):
     return T.min(product, T.Broadcast(T.float32(F32_MAX), lanes))
 
 
+def f16_byte(x, byte: int, T):
+    """Byte ``byte`` (0: low) of the float16 rounding of float32 ``x``, as GGUF stores its scales."""
+    bits = T.reinterpret("uint16", T.Cast("float16", x))
+    return T.Cast("uint8", T.shift_right(bits, T.uint16(8)) if byte else bits & T.uint16(255))
+
+
 def build_host(func):
     """A TVMScript PrimFunc -> the module compiled for this CPU (its ``main``)."""
     import tvm
