@@ -236,13 +236,14 @@ ASYM_LIMIT = float(1 << 24)  # |x| from here on: weighted squared errors may ove
 def _q_k_asym(kind: Q, source: str):
     """Q4_K / Q5_K over rows of ``source``: ``f(w [n, 256 b], out uint8 [n, 144 b or 176 b], bad int32 [n])``.
 
-    Lanes are the 8 sub-blocks of 32 of a super-block (values gathered transposed), so each of ggml's sums
-    runs in its own order down the sub-block; the fit (``gguf_kquants.fit_scale_min``) keeps the multiplier
-    and origin of its best grid and recomputes those levels where they are needed."""
+    Lanes are the sub-blocks of 32 of two super-blocks (8 each; values gathered transposed), so each of ggml's
+    sums runs in its own order down its sub-block; an odd last super-block is fitted twice and written once.
+    The fit (``gguf_kquants.fit_scale_min``) keeps the multiplier and origin of its best grid and recomputes
+    those levels where they are needed."""
     from tvm import tirx
     from tvm.script import tirx as T
 
-    S, N = 8, 32
+    S, H, N = 16, 8, 32  # lanes: two super-blocks of 8 sub-blocks of N values
     nmax, rmin, rdelta, nstep = ASYM[kind]
     size = BLOCK_BYTES[kind]
     qs_at = 16 if kind == Q.Q4_K else 48
@@ -251,8 +252,8 @@ def _q_k_asym(kind: Q, source: str):
     (LO, HI, SPAN, FLAT, SUMW, SUMX, SCALE, OFFSET, ERR, TRIAL, SL, SL2, SXL, DET, SS, MM, E, BETTER, BT, BO,
      RMS, EFFD, EFFM) = range(23)
 
-    def bc(value):
-        return T.Broadcast(T.float32(value), S)
+    def bc(value, lanes=S):
+        return T.Broadcast(T.float32(value), lanes)
 
     def at(k):
         return T.ramp(k * S, 1, S)
@@ -263,26 +264,32 @@ def _q_k_asym(kind: Q, source: str):
             e = T.Select(t == k, T.float32(steps[k]), e)
         return e
 
-    def grid(mult, x, origin):  # clip(rint(mult * (x - origin)), 0, nmax)
-        return T.min(T.max(T.nearbyint(mult * (x - origin)), bc(0.0)), bc(float(nmax)))
+    def half(k, h):  # super-block h's 8 lanes of slot k
+        return T.ramp(k * S + h * H, 1, H)
+
+    def grid(mult, x, origin, lanes=S):  # clip(rint(mult * (x - origin)), 0, nmax)
+        return T.min(T.max(T.nearbyint(mult * (x - origin)), bc(0.0, lanes)), bc(float(nmax), lanes))
 
     def nofma(p):
         return tir.no_fma(p, S, T)
 
     @T.macro
     def row(w, o, bad, vi, k):
-        xt = T.sblock_alloc_buffer((256,), "float32")  # xt[j*8 + s] = value j of sub-block s
-        wt = T.sblock_alloc_buffer((256,), "float32")  # weights rms + |x|
+        xt = T.sblock_alloc_buffer((N * S,), "float32")  # xt[j*16 + s] = value j of sub-block s
+        wt = T.sblock_alloc_buffer((N * S,), "float32")  # weights rms + |x|
         v = T.sblock_alloc_buffer((23 * S,), "float32")
         nat = T.sblock_alloc_buffer((256,), "int32")  # final levels in value order
-        ls = T.sblock_alloc_buffer((S,), "int32")
-        lm = T.sblock_alloc_buffer((S,), "int32")
+        ls = T.sblock_alloc_buffer((H,), "int32")
+        lm = T.sblock_alloc_buffer((H,), "int32")
         sb = T.sblock_alloc_buffer((4,), "float32")  # max scale, max min, d and dmin as stored
         fl = T.sblock_alloc_buffer((S,), "int32")
         fl[T.ramp(0, 1, S)] = T.Broadcast(0, S)
-        for b in range(k // 256):
+        for bp in range((k // 256 + 1) // 2):
             for j in T.unroll(N):
-                xt[T.ramp(j * S, 1, S)] = tir.load_f32(w[vi, T.ramp(b * 256 + j, N, S)], source, S, T)
+                xt[T.ramp(j * S, 1, S)] = tirx.Shuffle([
+                    tir.load_f32(w[vi, T.ramp(2 * bp * 256 + j, N, H)], source, H, T),
+                    tir.load_f32(w[vi, T.ramp(T.min(2 * bp + 1, k // 256 - 1) * 256 + j, N, H)], source, H, T)],
+                    list(range(S)))
                 fl[T.ramp(0, 1, S)] = fl[T.ramp(0, 1, S)] | T.Cast(f"int32x{S}", tir.not_finite(
                     xt[T.ramp(j * S, 1, S)], S, T) | (T.fabs(xt[T.ramp(j * S, 1, S)]) >= bc(ASYM_LIMIT)))
             # weights: rms of the sub-block + |x|
@@ -374,47 +381,52 @@ def _q_k_asym(kind: Q, source: str):
             # scale 0 and min -lo for flat sub-blocks; mins are -offset
             v[at(SCALE)] = T.Select(v[at(FLAT)] > bc(0.0), bc(0.0), v[at(SCALE)])
             v[at(OFFSET)] = T.Select(v[at(FLAT)] > bc(0.0), bc(0.0) - v[at(LO)], bc(0.0) - v[at(OFFSET)])
-            # the super-block: 6-bit scales and mins, float16 d and dmin
-            sb[0] = T.max(tir.fold_all(v[at(SCALE)], S, T.max, tirx), T.float32(0))
-            sb[1] = T.max(tir.fold_all(v[at(OFFSET)], S, T.max, tirx), T.float32(0))
-            ls[T.ramp(0, 1, S)] = T.min(T.Cast(f"int32x{S}", T.nearbyint(T.Broadcast(T.if_then_else(
-                sb[0] > T.float32(0), T.float32(63) / sb[0], T.float32(0)), S) * v[at(SCALE)]))
-                & T.Broadcast(255, S), T.Broadcast(63, S))
-            lm[T.ramp(0, 1, S)] = T.min(T.Cast(f"int32x{S}", T.nearbyint(T.Broadcast(T.if_then_else(
-                sb[1] > T.float32(0), T.float32(63) / sb[1], T.float32(0)), S) * v[at(OFFSET)]))
-                & T.Broadcast(255, S), T.Broadcast(63, S))
-            sb[2] = T.Cast("float32", T.Cast("float16", sb[0] / T.float32(63)))
-            sb[3] = T.Cast("float32", T.Cast("float16", sb[1] / T.float32(63)))
-            v[at(EFFD)] = T.Broadcast(sb[2], S) * T.Cast(f"float32x{S}", ls[T.ramp(0, 1, S)])
-            v[at(EFFM)] = nofma(T.Broadcast(sb[3], S) * T.Cast(f"float32x{S}", lm[T.ramp(0, 1, S)]))
-            for j in T.unroll(N):
-                nat[T.ramp(j, N, S)] = T.Cast(f"int32x{S}", T.Select(
-                    v[at(EFFD)] == bc(0.0),
-                    T.Select(v[at(FLAT)] > bc(0.0), bc(0.0),
-                             grid(v[at(BT)], xt[T.ramp(j * S, 1, S)], v[at(BO)])),
-                    T.min(T.max(T.nearbyint((xt[T.ramp(j * S, 1, S)] + v[at(EFFM)]) / T.Select(
-                        v[at(EFFD)] == bc(0.0), bc(1.0), v[at(EFFD)])), bc(0.0)), bc(float(nmax)))))
-            o[vi, b * size] = tir.f16_byte(sb[2], 0, T)
-            o[vi, b * size + 1] = tir.f16_byte(sb[2], 1, T)
-            o[vi, b * size + 2] = tir.f16_byte(sb[3], 0, T)
-            o[vi, b * size + 3] = tir.f16_byte(sb[3], 1, T)
-            o[vi, T.ramp(b * size + 4, 1, 4)] = T.Cast("uint8x4", ls[T.ramp(0, 1, 4)] | T.shift_left(
-                T.shift_right(ls[T.ramp(4, 1, 4)], T.Broadcast(4, 4)), T.Broadcast(6, 4)))
-            o[vi, T.ramp(b * size + 8, 1, 4)] = T.Cast("uint8x4", lm[T.ramp(0, 1, 4)] | T.shift_left(
-                T.shift_right(lm[T.ramp(4, 1, 4)], T.Broadcast(4, 4)), T.Broadcast(6, 4)))
-            o[vi, T.ramp(b * size + 12, 1, 4)] = T.Cast("uint8x4", (ls[T.ramp(4, 1, 4)] & T.Broadcast(15, 4))
-                                                        | T.shift_left(lm[T.ramp(4, 1, 4)] & T.Broadcast(15, 4),
-                                                                       T.Broadcast(4, 4)))
-            for c in T.unroll(4):
-                o[vi, T.ramp(b * size + qs_at + c * 32, 1, 32)] = T.Cast("uint8x32", (
-                    nat[T.ramp(c * 64, 1, 32)] & T.Broadcast(15, 32)) | T.shift_left(
-                    nat[T.ramp(c * 64 + 32, 1, 32)] & T.Broadcast(15, 32), T.Broadcast(4, 32)))
-            if kind == Q.Q5_K:
-                o[vi, T.ramp(b * size + 16, 1, 32)] = T.Broadcast(T.uint8(0), 32)
-                for c in T.unroll(8):
-                    o[vi, T.ramp(b * size + 16, 1, 32)] = o[vi, T.ramp(b * size + 16, 1, 32)] | T.Cast(
-                        "uint8x32", T.shift_left(T.shift_right(nat[T.ramp(c * 32, 1, 32)], T.Broadcast(4, 32)),
-                                                 T.Broadcast(c, 32)))
+            for h in T.unroll(2):  # each super-block: 6-bit scales and mins, float16 d and dmin
+                if h == 0 or 2 * bp + 1 < k // 256:
+                    base = (2 * bp + h) * size
+                    sb[0] = T.max(tir.fold_all(v[half(SCALE, h)], H, T.max, tirx), T.float32(0))
+                    sb[1] = T.max(tir.fold_all(v[half(OFFSET, h)], H, T.max, tirx), T.float32(0))
+                    ls[T.ramp(0, 1, H)] = T.min(T.Cast(f"int32x{H}", T.nearbyint(T.Broadcast(T.if_then_else(
+                        sb[0] > T.float32(0), T.float32(63) / sb[0], T.float32(0)), H) * v[half(SCALE, h)]))
+                        & T.Broadcast(255, H), T.Broadcast(63, H))
+                    lm[T.ramp(0, 1, H)] = T.min(T.Cast(f"int32x{H}", T.nearbyint(T.Broadcast(T.if_then_else(
+                        sb[1] > T.float32(0), T.float32(63) / sb[1], T.float32(0)), H) * v[half(OFFSET, h)]))
+                        & T.Broadcast(255, H), T.Broadcast(63, H))
+                    sb[2] = T.Cast("float32", T.Cast("float16", sb[0] / T.float32(63)))
+                    sb[3] = T.Cast("float32", T.Cast("float16", sb[1] / T.float32(63)))
+                    v[half(EFFD, h)] = T.Broadcast(sb[2], H) * T.Cast(f"float32x{H}", ls[T.ramp(0, 1, H)])
+                    v[half(EFFM, h)] = tir.no_fma(
+                        T.Broadcast(sb[3], H) * T.Cast(f"float32x{H}", lm[T.ramp(0, 1, H)]), H, T)
+                    for j in T.unroll(N):
+                        nat[T.ramp(j, N, H)] = T.Cast(f"int32x{H}", T.Select(
+                            v[half(EFFD, h)] == bc(0.0, H),
+                            T.Select(v[half(FLAT, h)] > bc(0.0, H), bc(0.0, H),
+                                     grid(v[half(BT, h)], xt[T.ramp(j * S + h * H, 1, H)], v[half(BO, h)], H)),
+                            T.min(T.max(T.nearbyint(
+                                (xt[T.ramp(j * S + h * H, 1, H)] + v[half(EFFM, h)])
+                                / T.Select(v[half(EFFD, h)] == bc(0.0, H), bc(1.0, H), v[half(EFFD, h)])),
+                                bc(0.0, H)), bc(float(nmax), H))))
+                    o[vi, base] = tir.f16_byte(sb[2], 0, T)
+                    o[vi, base + 1] = tir.f16_byte(sb[2], 1, T)
+                    o[vi, base + 2] = tir.f16_byte(sb[3], 0, T)
+                    o[vi, base + 3] = tir.f16_byte(sb[3], 1, T)
+                    o[vi, T.ramp(base + 4, 1, 4)] = T.Cast("uint8x4", ls[T.ramp(0, 1, 4)] | T.shift_left(
+                        T.shift_right(ls[T.ramp(4, 1, 4)], T.Broadcast(4, 4)), T.Broadcast(6, 4)))
+                    o[vi, T.ramp(base + 8, 1, 4)] = T.Cast("uint8x4", lm[T.ramp(0, 1, 4)] | T.shift_left(
+                        T.shift_right(lm[T.ramp(4, 1, 4)], T.Broadcast(4, 4)), T.Broadcast(6, 4)))
+                    o[vi, T.ramp(base + 12, 1, 4)] = T.Cast("uint8x4", (ls[T.ramp(4, 1, 4)] & T.Broadcast(15, 4))
+                                                            | T.shift_left(lm[T.ramp(4, 1, 4)] & T.Broadcast(15, 4),
+                                                                           T.Broadcast(4, 4)))
+                    for c in T.unroll(4):
+                        o[vi, T.ramp(base + qs_at + c * 32, 1, 32)] = T.Cast("uint8x32", (
+                            nat[T.ramp(c * 64, 1, 32)] & T.Broadcast(15, 32)) | T.shift_left(
+                            nat[T.ramp(c * 64 + 32, 1, 32)] & T.Broadcast(15, 32), T.Broadcast(4, 32)))
+                    if kind == Q.Q5_K:
+                        o[vi, T.ramp(base + 16, 1, 32)] = T.Broadcast(T.uint8(0), 32)
+                        for c in T.unroll(8):
+                            o[vi, T.ramp(base + 16, 1, 32)] = o[vi, T.ramp(base + 16, 1, 32)] | T.Cast(
+                                "uint8x32", T.shift_left(T.shift_right(nat[T.ramp(c * 32, 1, 32)],
+                                                                       T.Broadcast(4, 32)), T.Broadcast(c, 32)))
         bad[vi] = tir.any_lane(fl[T.ramp(0, 1, S)], S, tirx)
 
     return _rows(source, row)
