@@ -134,6 +134,9 @@ def _q6_k(source: str):
         wt = T.sblock_alloc_buffer((256,), "float32")  # x*x
         wxt = T.sblock_alloc_buffer((256,), "float32")  # (x*x)*x
         v = T.sblock_alloc_buffer((10 * S,), "float32")
+        ck = T.sblock_alloc_buffer((NT,), "float32")  # the trial constants, folded once per row
+        for t in T.unroll(NT):
+            ck[t] = trial(t)
         nat = T.sblock_alloc_buffer((256,), "int32")  # final levels 0..63 in value order
         sc = T.sblock_alloc_buffer((S,), "int32")
         sb = T.sblock_alloc_buffer((2,), "float32")  # super-block: max scale, d as stored
@@ -156,7 +159,7 @@ def _q6_k(source: str):
                                                  bc(0.0))
             v[T.ramp(PEAK * S, 1, S)] = T.Select(lane_slot(v, ZERO) > bc(0.0), bc(1.0), lane_slot(v, PEAK))
             for t in range(NT):
-                v[T.ramp(ISC * S, 1, S)] = T.Broadcast(trial(t), S) / lane_slot(v, PEAK)
+                v[T.ramp(ISC * S, 1, S)] = T.Broadcast(ck[t], S) / lane_slot(v, PEAK)
                 v[T.ramp(SLX * S, 1, S)] = tir.no_fma(
                     wxt[T.ramp(0, 1, S)] * level(lane_slot(v, ISC), xt[T.ramp(0, 1, S)]), S, T)
                 v[T.ramp(SL2 * S, 1, S)] = tir.no_fma(
@@ -278,6 +281,9 @@ def _q_k_asym(kind: Q, source: str):
         xt = T.sblock_alloc_buffer((N * S,), "float32")  # xt[j*16 + s] = value j of sub-block s
         wt = T.sblock_alloc_buffer((N * S,), "float32")  # weights rms + |x|
         v = T.sblock_alloc_buffer((23 * S,), "float32")
+        ck = T.sblock_alloc_buffer((nstep + 1,), "float32")  # the trial constants, folded once per row
+        for t in T.unroll(nstep + 1):
+            ck[t] = step_const(t)
         nat = T.sblock_alloc_buffer((256,), "int32")  # final levels in value order
         ls = T.sblock_alloc_buffer((H,), "int32")
         lm = T.sblock_alloc_buffer((H,), "int32")
@@ -331,7 +337,7 @@ def _q_k_asym(kind: Q, source: str):
                         * (nofma(v[at(SCALE)] * grid(v[at(BT)], xt[T.ramp(j * S, 1, S)], v[at(BO)]))
                            + v[at(OFFSET)] - xt[T.ramp(j * S, 1, S)])))
             for t in range(nstep + 1):
-                v[at(TRIAL)] = T.Broadcast(step_const(t), S) / T.Select(
+                v[at(TRIAL)] = T.Broadcast(ck[t], S) / T.Select(
                     v[at(HI)] - v[at(OFFSET)] > bc(0.0), v[at(HI)] - v[at(OFFSET)], bc(1.0))
                 for j in T.unroll(N):
                     if j == 0:
