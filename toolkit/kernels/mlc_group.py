@@ -15,23 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from mcpm_mobile.kernels import tir
 from mcpm_mobile.support.cache import cached_kernel
 
 GROUP, WORD, LANES = 32, 8, 16
-
-
-def _fold(v, lanes, op, tirx):
-    """Combine lanes 2i and 2i+1 (``lanes`` -> ``lanes // 2``)."""
-    return op(tirx.Shuffle([v], list(range(0, lanes, 2))), tirx.Shuffle([v], list(range(1, lanes, 2))))
-
-
-SOURCE = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # safetensors dtype -> kernel input
+SOURCE = tir.SOURCE  # safetensors dtype -> kernel input
 
 
 @functools.cache
 def build(source: str, dtype: str):
     """The kernel :func:`compile_kernel` builds, from the kernel cache when it is there."""
-    return cached_kernel(f"mlc-group-{source}-{dtype}", f"{Path(__file__).read_text()}\n{source} {dtype}",
+    text = "\n".join(Path(f).read_text() for f in (__file__, tir.__file__))
+    return cached_kernel(f"mlc-group-{source}-{dtype}", f"{text}\n{source} {dtype}",
                          lambda: compile_kernel(source, dtype))
 
 
@@ -40,35 +35,24 @@ def compile_kernel(source: str, dtype: str):
     k % 32 == 0; ``source`` is the stored dtype (bfloat16 is read as its uint16 bits). ``bad[i]`` is 1 when
     row i holds a NaN or Inf, or a value beyond float16's range for a float16 model (its codes are then
     meaningless: the caller sends the rows through the numpy path, which reports them)."""
-    import tvm
     from tvm import tirx
     from tvm.script import tirx as T
 
     def load(v):
-        if source == "uint16":
-            return T.reinterpret(f"float32x{GROUP}", T.shift_left(T.Cast(f"uint32x{GROUP}", v),
-                                                                  T.Broadcast(T.uint32(16), GROUP)))
-        return T.Cast(f"float32x{GROUP}", v)
+        return tir.load_f32(v, source, GROUP, T)
 
     def nonfinite(x):
         """1 where a lane is NaN/Inf or, for a float16 model, beyond float16's range (what ``_in_range`` refuses)."""
-        exp = T.Broadcast(T.uint32(0x7F800000), GROUP)  # bit test: LLVM may fold x != x under fast-math
-        flag = (T.reinterpret(f"uint32x{GROUP}", x) & exp) == exp
+        flag = tir.not_finite(x, GROUP, T)
         if dtype == "float16":
             flag = flag | (T.fabs(x) > T.Broadcast(T.float32(65504), GROUP))
-        a, lanes = T.Cast(f"int32x{GROUP}", flag), GROUP
-        while lanes > 1:
-            a, lanes = _fold(a, lanes, lambda p, q: p | q, tirx), lanes // 2
-        return a
+        return tir.any_lane(T.Cast(f"int32x{GROUP}", flag), GROUP, tirx)
 
     def rnd(x, lanes):  # round through the model dtype, as numpy's astype(dtype).astype(float32)
         return T.Cast(f"float32x{lanes}", T.Cast(f"{dtype}x{lanes}", x)) if dtype != "float32" else x
 
     def amax(x):
-        a, lanes = T.fabs(x), GROUP
-        while lanes > 1:
-            a, lanes = _fold(a, lanes, T.max, tirx), lanes // 2
-        return a
+        return tir.fold_all(T.fabs(x), GROUP, T.max, tirx)
 
     def codes(x, d, zero):
         c = T.nearbyint(rnd(rnd(x / T.Broadcast(d, GROUP), GROUP) + T.Broadcast(T.float32(7), GROUP), GROUP))
@@ -78,10 +62,8 @@ def compile_kernel(source: str, dtype: str):
     def pack(c):
         shifts = tirx.Shuffle([T.Broadcast(T.uint32(4), GROUP) * T.Cast(f"uint32x{GROUP}", T.ramp(0, 1, GROUP))],
                               [t % WORD for t in range(GROUP)])
-        bits, lanes = T.shift_left(T.Cast(f"uint32x{GROUP}", c), shifts), GROUP
-        while lanes > GROUP // WORD:
-            bits, lanes = _fold(bits, lanes, lambda a, b: a | b, tirx), lanes // 2
-        return bits
+        return tir.fold_all(T.shift_left(T.Cast(f"uint32x{GROUP}", c), shifts), GROUP, lambda a, b: a | b, tirx,
+                            until=GROUP // WORD)
 
     @T.prim_func(private=True, s_tir=True)
     def quant(w_h: T.handle, q_h: T.handle, s_h: T.handle, bad_h: T.handle):
@@ -107,10 +89,7 @@ def compile_kernel(source: str, dtype: str):
                         rnd(load(w[vi, T.ramp(g * GROUP, 1, GROUP)]), GROUP), st[1], st[0] == T.float32(0)))
                     s[vi, g] = T.Cast(dtype, st[0])
 
-    from tvm.target import codegen
-
-    host = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "mtriple": codegen.llvm_get_system_triple()}
-    return tvm.compile(tvm.IRModule({"main": quant.with_attr("global_symbol", "main")}), tvm.target.Target(host))
+    return tir.build_host(quant)
 
 
 def quantize(rows: np.ndarray, stored: str, dtype: str, q: np.ndarray | None = None, s: np.ndarray | None = None):
