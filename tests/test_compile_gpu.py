@@ -117,6 +117,19 @@ def test_cli_phone_library_default_prefix(cli_build, quantized_dir, target):
     assert embedded_metadata(tar)["quantization"] == "q4f16_1"
 
 
+def test_force_replaces_a_phone_library(cli_build, quantized_dir, tmp_path):
+    """TVM writes .tar libraries gzip-compressed: --force must recognise one as ours (and only with --force)."""
+    import shutil
+
+    tar = tmp_path / "lib.tar"
+    shutil.copy(cli_build("harmonyos")[0], tar)
+    args = ["compile", quantized_dir("mha_tied", "q4f16_1"), "--target", "harmonyos", "-o", tar, "--context-window", 64]
+    r = run_cli(*args)
+    assert r.exit_code == 2 and "--force" in r.output
+    r = run_cli(*args, "--force")
+    assert r.exit_code == 0, r.output
+
+
 # --- (2) OpenCL sources compile: clang (fp16) and PoCL (fp32) ---------------------------------------
 def test_opencl_fp16_sources_compile_with_clang(gpu_build, cli_build):
     from mcpm_mobile.compiler.library import device_sources

@@ -7,6 +7,7 @@ signals); `_count_cases` counts them for the README's Reliability section.
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import json
 import os
@@ -138,10 +139,11 @@ def test_force_replaces_only_a_gguf(ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("force", [False, True])
-@pytest.mark.parametrize("name", ["notes.so", "notes.tar"])
+@pytest.mark.parametrize("name", ["notes.so", "notes.tar", "backup.tar"])
 def test_compile_never_overwrites_a_file_that_is_not_a_library(force, name, tmp_path, quantized_dir):
     weights = _weights(tmp_path, quantized_dir)
-    (tmp_path / name).write_text("my notes")
+    # backup.tar: gzip-compressed like TVM's libraries, but not a tar inside
+    (tmp_path / name).write_bytes(gzip.compress(b"my notes" * 100) if name == "backup.tar" else b"my notes")
     target = "android" if name.endswith(".tar") else "host"
     guarded(tmp_path, ["compile", weights, "--target", target, "-o", tmp_path / name] + (["--force"] if force else []),
             "will not replace" if force else "--force")

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import zlib
 from pathlib import Path
 
 from mcpm_mobile import __version__
@@ -59,13 +60,26 @@ def check_output_dir(path: Path, force: bool, inputs: tuple = ()) -> None:
                              "mcpm-mobile outputs; remove it yourself or choose another folder")
 
 
+def _gzip_tar(head: bytes) -> bool:
+    """A gzip-compressed tar: how TVM's ``export_library`` writes a ``.tar`` system library."""
+    if not head.startswith(b"\x1f\x8b"):
+        return False
+    try:
+        inner = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 512)
+    except zlib.error:
+        return False
+    return inner[257:262] == b"ustar"
+
+
 ELF = (b"\x7fELF",)
-TAR = ((257, b"ustar"),)
+TAR = ((257, b"ustar"), _gzip_tar)
 PNG = (b"\x89PNG\r\n\x1a\n",)
 JSON = (b"{",)
 
 
 def _matches(head: bytes, magic) -> bool:
+    if callable(magic):
+        return magic(head)
     offset, value = magic if isinstance(magic, tuple) else (0, magic)
     return head[offset:offset + len(value)] == value
 
@@ -73,7 +87,8 @@ def _matches(head: bytes, magic) -> bool:
 def check_output_file(path: Path, force: bool, magic: tuple = (), inputs: tuple = ()) -> None:
     """Refuse an existing file unless ``force`` and it matches one of ``magic`` (a file of our kind).
 
-    ``magic`` entries are byte prefixes or ``(offset, bytes)`` pairs; see :data:`ELF`, :data:`TAR`."""
+    ``magic`` entries are byte prefixes, ``(offset, bytes)`` pairs or tests of the first bytes; see :data:`ELF`,
+    :data:`TAR`."""
     path = check_output_path(path, inputs)
     if not path.exists():
         return
@@ -83,7 +98,7 @@ def check_output_file(path: Path, force: bool, magic: tuple = (), inputs: tuple 
         raise fail(path, f"exists ({FORCE_HINT})")
     try:
         with open(path, "rb") as f:
-            head = f.read(512)
+            head = f.read(4096)
     except OSError as e:
         raise fail(path, f"cannot read: {e.strerror or e}")
     if magic and not any(_matches(head, m) for m in magic):
