@@ -222,6 +222,8 @@ class Engine:
 
     def decode(self, token: int) -> np.ndarray:
         """Append one token; float32 logits for the next."""
+        import tvm
+
         if self.kv is None:
             self.reset()
         self._check_room(1)
@@ -230,7 +232,9 @@ class Engine:
         logits, self.kv = self._f["decode"](emb, self.kv, self.params)
         self._end(self.kv)
         self.history.append(token)
-        return np.from_dlpack(logits).reshape(-1)  # no copy: the VM allocates a fresh logits tensor per call
+        if self.dev.device_type == tvm.cpu().device_type:  # no copy: the VM allocates fresh logits per call
+            return np.from_dlpack(logits).reshape(-1)
+        return logits.numpy().reshape(-1)
 
     def softmax(self, logits: np.ndarray, temperature: float) -> np.ndarray:
         """The library's ``softmax_with_temperature`` on one row."""
