@@ -232,7 +232,7 @@ class Engine:
         logits, self.kv = self._f["decode"](emb, self.kv, self.params)
         self._end(self.kv)
         self.history.append(token)
-        if self.dev.device_type == tvm.cpu().device_type:  # no copy: the VM allocates fresh logits per call
+        if self.dev.dlpack_device_type() == tvm.cpu().dlpack_device_type():  # no copy: the VM allocates fresh logits per call
             return np.from_dlpack(logits).reshape(-1)
         return logits.numpy().reshape(-1)
 
