@@ -24,9 +24,6 @@ from mcpm_mobile.support.atomic import atomic_dir
 from mcpm_mobile.support.jsonio import read_json
 from mcpm_mobile.support.output import Output
 
-ROW_CHUNK_BYTES = 64 << 20  # float32 bytes of source rows quantized at once
-
-
 def check_group_size(ckpt: Checkpoint, quant: Quantization) -> None:
     if not quant.quantized:
         return
@@ -91,7 +88,7 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
     cols = infos[0].shape[1]
     if not quant.quantized:
         dense = np.empty((rows, cols), quant.model_dtype)
-        for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance):
+        for r0, r1, block in _row_blocks(ckpt, param.sources, advance):
             dense[r0:r1] = _in_range(block, quant, infos)
         writer.add(param.name + ".weight", dense)
         return
@@ -100,7 +97,7 @@ def _convert_param(ckpt: Checkpoint, param: MLCParam, quant: Quantization, write
     q_weight = np.empty((rows, groups * quant.group_size // ELEMS_PER_WORD), quant.storage_dtype)
     q_scale = np.empty((rows, groups), quant.model_dtype)
     fast = (q_weight, q_scale) if quant.group_size == mlc_group.GROUP else None
-    for r0, r1, block in _row_blocks(ckpt, param.sources, cols, advance, fast):
+    for r0, r1, block in _row_blocks(ckpt, param.sources, advance, fast):
         if block is not None:
             q_weight[r0:r1], q_scale[r0:r1] = quantize_rows(_in_range(block, quant, infos), quant.model_dtype, pool)
     if quant.layout == "KN" and param.kind == "linear":
@@ -119,7 +116,7 @@ def _in_range(block: np.ndarray, quant: Quantization, sources: list) -> np.ndarr
     return block
 
 
-def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance, outputs=None):
+def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], advance, outputs=None):
     """Yield (row_start, row_end, block) over the row-concatenation of ``sources``, each block a float32 array.
 
     With ``outputs`` (q_weight, q_scale), a block the compiled kernel (``kernels/mlc_group.py``) quantizes
@@ -127,22 +124,14 @@ def _row_blocks(ckpt: Checkpoint, sources: tuple[str, ...], cols: int, advance, 
     the kernel cannot run, and for rows it flags (NaN/Inf, or beyond float16's range for a float16 model),
     the block comes from ``ckpt.get`` for the numpy path, which reports them (``Checkpoint.get``, ``_in_range``).
     Each block of rows is mapped on its own, so memory holds one block of the input at a time."""
-    step = max(1, ROW_CHUNK_BYTES // (4 * cols))
     base = 0
     for name in sources:
-        info = ckpt.tensors[name]
-        n = info.shape[0]
-        for r in range(0, n, step):
-            r1 = min(n, r + step)
+        for rows, nbytes in ckpt.row_chunks(name):
+            r0, r1 = base + rows.start, base + rows.stop
             done = None
             if outputs is not None:
-                q, s = (a[base + r:base + r1] for a in outputs)
-                raw = ckpt.format.load(info, slice(r, r1), private=True)
-                done = mlc_group.quantize(raw, info.dtype, s.dtype.name, q, s)
-                del raw
-            if done is not None and done[2]:
-                yield base + r, base + r1, None
-            else:
-                yield base + r, base + r1, ckpt.get(name, slice(r, r1))
-            advance(info.nbytes * (r1 - r) // n)
-        base += n
+                q, s = (a[r0:r1] for a in outputs)
+                done = mlc_group.quantize(ckpt.stored(name, rows), ckpt.tensors[name].dtype, s.dtype.name, q, s)
+            yield r0, r1, None if done is not None and done[2] else ckpt.get(name, rows)
+            advance(nbytes)
+        base += ckpt.tensors[name].shape[0]

@@ -14,6 +14,7 @@ from conftest import edit_json, run_cli
 from gguf_weights import hf_rows, tensor_array
 from mcpm_mobile.formats import cli as formats_cli, gguf_export
 from mcpm_mobile.formats.gguf_export import export_gguf, llama_permute, llama_unpermute
+from mcpm_mobile.model import checkpoint
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.model.config import MiniCPMConfig
 from mcpm_mobile.model.tiny import USER_PIECES
@@ -134,7 +135,7 @@ def _type_counts(plan):
 def test_chunked_streaming_writes_the_same_bytes(tiny_dir, tmp_path, monkeypatch):
     src = tiny_dir("gqa_untied")
     export_gguf(src, tmp_path / "a.gguf", "q4_0")
-    monkeypatch.setattr(gguf_export, "ROW_CHUNK_BYTES", 4 * 64 * 7)  # 7 rows at a time
+    monkeypatch.setattr(checkpoint, "ROW_CHUNK_BYTES", 4 * 64 * 7)  # 7 rows at a time
     export_gguf(src, tmp_path / "b.gguf", "q4_0")
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
 

@@ -18,6 +18,7 @@ from conftest import run_cli
 from mcpm_mobile.formats import onnx_export
 from mcpm_mobile.formats.onnx_export import export_onnx
 from mcpm_mobile.formats.onnx_weights import ALIGN, dequantize_blocks, quantize_blocks, unpack_codes
+from mcpm_mobile.model import checkpoint
 from mcpm_mobile.model.checkpoint import Checkpoint
 from mcpm_mobile.quantize.group import quantize_rows, unpack
 from reference_numpy import ReferenceMiniCPM
@@ -317,7 +318,7 @@ def test_export_streams_with_bounded_memory(tiny_dir, tmp_path, monkeypatch):
     """Row chunks bound what is held: the peak stays far below the float32 weights."""
     src = tiny_dir("gqa_tied_f32")
     total_f32 = sum(int(np.prod(i.shape)) * 4 for i in Checkpoint(src).tensors.values())
-    monkeypatch.setattr(onnx_export, "ROW_CHUNK_BYTES", 16 << 10)
+    monkeypatch.setattr(checkpoint, "ROW_CHUNK_BYTES", 16 << 10)
     tracemalloc.start()
     try:
         export_onnx(src, tmp_path / "o", accuracy_level=1)

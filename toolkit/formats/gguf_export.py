@@ -3,7 +3,7 @@
 The header, metadata and tensor table are written by the ``gguf`` package; tensor data follows in
 row chunks, quantized by the compiled kernels (``kernels/gguf_blocks.py``) or, where they cannot run, by the
 same arithmetic in numpy (K-quants by ``gguf_kquants``, the 32-blocks by ``gguf.quants``), so memory stays
-bounded by the largest Q/K matrix or ``ROW_CHUNK_BYTES``, whichever is bigger.
+bounded by the largest Q/K matrix or a row chunk (``Checkpoint.row_chunks``), whichever is bigger.
 """
 from __future__ import annotations
 
@@ -101,7 +101,6 @@ OPENBMB_CONSTANTS = {"scale_emb": 12.0, "residual_scale": 1.4 / math.sqrt(40.0),
 DEFAULT_CHAT_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'user' %}{{'<用户>' + "
                          "message['content'].strip() + '<AI>'}}{% else %}{{message['content'].strip()}}{% endif %}"
                          "{% endfor %}")
-ROW_CHUNK_BYTES = 64 << 20  # float32 bytes of source rows converted at once
 
 
 @dataclass(frozen=True)
@@ -312,14 +311,10 @@ def _write_tensor(ckpt: Checkpoint, t: PlannedTensor, fout, advance):
         advance(info.nbytes)
         yield data.nbytes
         return
-    rows = t.shape[0]
-    step = max(1, ROW_CHUNK_BYTES // (4 * math.prod(t.shape[1:]))) if len(t.shape) > 1 else rows
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        data = gguf_blocks.quantize(ckpt.format.load(info, slice(r0, r1), private=True), info.dtype, t.qtype) \
-            if fast else None
+    for rows, nbytes in ckpt.row_chunks(t.source):
+        data = gguf_blocks.quantize(ckpt.stored(t.source, rows), info.dtype, t.qtype) if fast else None
         if data is None:
-            data = quantize(ckpt.get(t.source, slice(r0, r1)), t.qtype)
+            data = quantize(ckpt.get(t.source, rows), t.qtype)
         data.tofile(fout)
-        advance(info.nbytes * (r1 - r0) // rows)
+        advance(nbytes)
         yield data.nbytes

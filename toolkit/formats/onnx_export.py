@@ -57,7 +57,6 @@ DATA_FILE = "model.onnx.data"
 OPSET = 17
 MS = "com.microsoft"
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-ROW_CHUNK_BYTES = 64 << 20  # float32 bytes of source rows quantized at once
 METADATA_KEY = "mcpm_mobile"
 
 
@@ -108,14 +107,10 @@ class Exporter:
         compiled kernel where it can (``quantize_stored``), else from float32 rows in numpy (which also
         reports NaN/Inf through ``Checkpoint.get``). Each block of rows is mapped on its own."""
         for name in sources:
-            info = self.ckpt.tensors[name]
-            n, k = info.shape
-            step = max(1, ROW_CHUNK_BYTES // (4 * k))
-            for r in range(0, n, step):
-                r1 = min(n, r + step)
-                done = quantize_stored(self.ckpt.format.load(info, slice(r, r1), private=True), info.dtype, self.block)
-                yield done or quantize_blocks(self.ckpt.get(name, slice(r, r1)), self.block)
-                self.advance(info.nbytes * (r1 - r) // n)
+            for rows, nbytes in self.ckpt.row_chunks(name):
+                done = quantize_stored(self.ckpt.stored(name, rows), self.ckpt.tensors[name].dtype, self.block)
+                yield done or quantize_blocks(self.ckpt.get(name, rows), self.block)
+                self.advance(nbytes)
 
     def quantized(self, name: str, sources: tuple[str, ...]) -> tuple[str, np.ndarray, int, int]:
         """Write the INT4 codes of ``sources`` (rows concatenated) as ``{name}.qweight``.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 LAYOUTS = ((INDEX, "model.safetensors", "*.safetensors", st),
            (BIN_INDEX, "pytorch_model.bin", "pytorch_model*.bin", pt))
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers older transformers saved into .bin state dicts
+ROW_CHUNK_BYTES = 64 << 20  # float32 bytes of source rows a converter holds at once
 
 
 class Checkpoint:
@@ -91,6 +93,19 @@ class Checkpoint:
             bad = int((~np.isfinite(arr)).sum())
             raise fail(info.file, f"tensor '{name}' contains {bad} NaN/Inf values")
         return arr
+
+    def row_chunks(self, name: str) -> list[tuple[slice, int]]:
+        """The row ranges converters stream tensor ``name`` in (at most ``ROW_CHUNK_BYTES`` as float32, at least
+        one row), each with its share of the stored bytes (for progress)."""
+        info = self.tensors[name]
+        n = info.shape[0]
+        step = max(1, ROW_CHUNK_BYTES // (4 * math.prod(info.shape[1:])))
+        return [(slice(r, min(n, r + step)), info.nbytes * (min(n, r + step) - r) // n) for r in range(0, n, step)]
+
+    def stored(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """Tensor ``name`` (or a row range) as stored on disk, a private copy-on-write map of just those bytes:
+        what a compiled kernel reads in place (``kernels/``); writes never reach the file."""
+        return self.format.load(self.tensors[name], rows, private=True)
 
     @property
     def weight_bytes(self) -> int:
