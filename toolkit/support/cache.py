@@ -32,12 +32,11 @@ def cache_dir(kind: str) -> Path:
 @functools.cache
 def _machine() -> str:
     """The TVM version and what the host kernels are compiled for (the CPU's model and feature flags)."""
-    cpu = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             cpu = "".join(sorted({ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))}))
-    except OSError:
-        pass
+    except OSError:  # no /proc (not Linux): the machine name and TVM version still key the entry
+        cpu = ""
     return f"{metadata.version('apache-tvm')} {platform.machine()} {cpu}"
 
 
@@ -56,23 +55,37 @@ def cached_kernel(name: str, source: str, build: Callable[[], object], entry: st
 
     ``source`` is everything the kernel depends on (its generating code and parameters). Where the cache
     cannot be written, the kernel is built in memory, as without a cache."""
+    path = cache_dir("kernels") / f"{kernel_key(name, source)}.so"
+    cached = _load(path, entry)
+    if cached is not None:
+        return cached
+    module = build()
+    _store(module, path)
+    return module[entry]
+
+
+def _load(path: Path, entry: str):
+    """The function ``entry`` of the cached library ``path``; None when there is none or it is damaged."""
     import tvm_ffi
 
-    path = cache_dir("kernels") / f"{kernel_key(name, source)}.so"
-    if path.is_file():
-        try:
-            check_library_file(path)
-            _load_runtime()
-            return tvm_ffi.load_module(str(path))[entry]
-        except (MCPMError, OSError, RuntimeError):
-            pass  # a damaged entry: rebuilt below
-    module = build()
+    if not path.is_file():
+        return None
+    try:
+        check_library_file(path)
+        _load_runtime()
+        return tvm_ffi.load_module(str(path))[entry]
+    except (MCPMError, OSError, RuntimeError):
+        return None
+
+
+def _store(module, path: Path) -> bool:
+    """Link ``module`` into the cache at ``path`` (renamed into place complete); False where it cannot be."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             staged = Path(tmp) / path.name
             module.export_library(str(staged))
             os.replace(staged, path)
-    except Exception:  # noqa: BLE001 - no linker, read-only cache...: the kernel still runs, uncached
-        pass
-    return module[entry]
+    except Exception:  # noqa: BLE001 - no linker, a read-only cache...: the kernel still runs, uncached
+        return False
+    return True
