@@ -276,6 +276,10 @@ def _q_k_asym(kind: Q, source: str):
     def nofma(p):
         return tir.no_fma(p, S, T)
 
+    def sq_err(w, x, scale, mult, origin, offset):  # w * (scale * L + offset - x)^2, L = grid(mult, x, origin)
+        e = nofma(scale * grid(mult, x, origin)) + offset - x
+        return nofma(w * (e * e))
+
     @T.macro
     def row(w, o, bad, vi, k):
         xt = T.sblock_alloc_buffer((N * S,), "float32")  # xt[j*16 + s] = value j of sub-block s
@@ -323,19 +327,11 @@ def _q_k_asym(kind: Q, source: str):
             v[at(BO)] = v[at(LO)]
             v[at(SCALE)] = bc(1.0) / v[at(BT)]
             v[at(OFFSET)] = v[at(LO)]
-            for j in T.unroll(N):
-                if j == 0:
-                    v[at(ERR)] = nofma(wt[T.ramp(0, 1, S)] * (
-                        (nofma(v[at(SCALE)] * grid(v[at(BT)], xt[T.ramp(0, 1, S)], v[at(BO)]))
-                         + v[at(OFFSET)] - xt[T.ramp(0, 1, S)])
-                        * (nofma(v[at(SCALE)] * grid(v[at(BT)], xt[T.ramp(0, 1, S)], v[at(BO)]))
-                           + v[at(OFFSET)] - xt[T.ramp(0, 1, S)])))
-                else:
-                    v[at(ERR)] = v[at(ERR)] + nofma(wt[T.ramp(j * S, 1, S)] * (
-                        (nofma(v[at(SCALE)] * grid(v[at(BT)], xt[T.ramp(j * S, 1, S)], v[at(BO)]))
-                         + v[at(OFFSET)] - xt[T.ramp(j * S, 1, S)])
-                        * (nofma(v[at(SCALE)] * grid(v[at(BT)], xt[T.ramp(j * S, 1, S)], v[at(BO)]))
-                           + v[at(OFFSET)] - xt[T.ramp(j * S, 1, S)])))
+            v[at(ERR)] = sq_err(wt[T.ramp(0, 1, S)], xt[T.ramp(0, 1, S)], v[at(SCALE)], v[at(BT)], v[at(BO)],
+                                v[at(OFFSET)])
+            for j in T.unroll(1, N):
+                v[at(ERR)] = v[at(ERR)] + sq_err(wt[T.ramp(j * S, 1, S)], xt[T.ramp(j * S, 1, S)], v[at(SCALE)],
+                                                 v[at(BT)], v[at(BO)], v[at(OFFSET)])
             for t in range(nstep + 1):
                 v[at(TRIAL)] = T.Broadcast(ck[t], S) / T.Select(
                     v[at(HI)] - v[at(OFFSET)] > bc(0.0), v[at(HI)] - v[at(OFFSET)], bc(1.0))
@@ -365,19 +361,11 @@ def _q_k_asym(kind: Q, source: str):
                 v[at(SS)] = T.Select(v[at(MM)] > bc(0.0), v[at(SXL)] / T.Select(
                     v[at(SL2)] > bc(0.0), v[at(SL2)], bc(1.0)), v[at(SS)])
                 v[at(MM)] = T.Select(v[at(MM)] > bc(0.0), bc(0.0), v[at(MM)])
-                for j in T.unroll(N):
-                    if j == 0:
-                        v[at(E)] = nofma(wt[T.ramp(0, 1, S)] * (
-                            (nofma(v[at(SS)] * grid(v[at(TRIAL)], xt[T.ramp(0, 1, S)], v[at(OFFSET)]))
-                             + v[at(MM)] - xt[T.ramp(0, 1, S)])
-                            * (nofma(v[at(SS)] * grid(v[at(TRIAL)], xt[T.ramp(0, 1, S)], v[at(OFFSET)]))
-                               + v[at(MM)] - xt[T.ramp(0, 1, S)])))
-                    else:
-                        v[at(E)] = v[at(E)] + nofma(wt[T.ramp(j * S, 1, S)] * (
-                            (nofma(v[at(SS)] * grid(v[at(TRIAL)], xt[T.ramp(j * S, 1, S)], v[at(OFFSET)]))
-                             + v[at(MM)] - xt[T.ramp(j * S, 1, S)])
-                            * (nofma(v[at(SS)] * grid(v[at(TRIAL)], xt[T.ramp(j * S, 1, S)], v[at(OFFSET)]))
-                               + v[at(MM)] - xt[T.ramp(j * S, 1, S)])))
+                v[at(E)] = sq_err(wt[T.ramp(0, 1, S)], xt[T.ramp(0, 1, S)], v[at(SS)], v[at(TRIAL)], v[at(OFFSET)],
+                                  v[at(MM)])
+                for j in T.unroll(1, N):
+                    v[at(E)] = v[at(E)] + sq_err(wt[T.ramp(j * S, 1, S)], xt[T.ramp(j * S, 1, S)], v[at(SS)],
+                                                 v[at(TRIAL)], v[at(OFFSET)], v[at(MM)])
                 v[at(BETTER)] = T.Select((v[at(BETTER)] > bc(0.0)) & (v[at(E)] < v[at(ERR)]), bc(1.0), bc(0.0))
                 v[at(BT)] = T.Select(v[at(BETTER)] > bc(0.0), v[at(TRIAL)], v[at(BT)])
                 v[at(BO)] = T.Select(v[at(BETTER)] > bc(0.0), v[at(OFFSET)], v[at(BO)])
