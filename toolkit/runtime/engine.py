@@ -94,6 +94,8 @@ class Engine:
         elif device != "cpu":
             raise MCPMError(f"unknown device '{device}' (cpu or opencl)")
         self.dev = tvm.device(device)
+        # CPU logits go to numpy without a copy (the VM allocates fresh logits per call); numpy cannot take others
+        self._host_logits = self.dev.dlpack_device_type() == tvm.cpu().dlpack_device_type()
         # TVM sizes its pool and every parallel launch by TVM_NUM_THREADS; without it a launch asks
         # hardware_concurrency() (a sysfs read) and halves it on x86, whatever config_threadpool was told
         n = threads or int(os.environ.get("TVM_NUM_THREADS") or 0) or os.cpu_count() or 1
@@ -222,8 +224,6 @@ class Engine:
 
     def decode(self, token: int) -> np.ndarray:
         """Append one token; float32 logits for the next."""
-        import tvm
-
         if self.kv is None:
             self.reset()
         self._check_room(1)
@@ -232,9 +232,7 @@ class Engine:
         logits, self.kv = self._f["decode"](emb, self.kv, self.params)
         self._end(self.kv)
         self.history.append(token)
-        if self.dev.dlpack_device_type() == tvm.cpu().dlpack_device_type():  # no copy: the VM allocates fresh logits per call
-            return np.from_dlpack(logits).reshape(-1)
-        return logits.numpy().reshape(-1)
+        return (np.from_dlpack(logits) if self._host_logits else logits.numpy()).reshape(-1)
 
     def softmax(self, logits: np.ndarray, temperature: float) -> np.ndarray:
         """The library's ``softmax_with_temperature`` on one row."""
